@@ -1,0 +1,52 @@
+# celery-stack: `make run` starts the whole stack locally, `make test` runs every check.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+UV ?= $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
+PYTEST_ARGS ?=
+
+.PHONY: help
+help: ## List the targets.
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+.tools/bin/uv:
+	@# uv from PyPI into a private prefix: a machine with only Python 3.11+ and make works.
+	python3 -m pip install --quiet --target .tools/uv-pkg uv
+	mkdir -p .tools/bin && ln -sf ../uv-pkg/bin/uv .tools/bin/uv
+
+.venv/.synced: uv.lock pyproject.toml $(wildcard */*/pyproject.toml) | $(UV)
+	$(UV) sync --frozen --all-packages
+	@touch $@
+
+.PHONY: install
+install: .venv/.synced ## Install the workspace (uv sync --frozen --all-packages).
+
+.PHONY: run
+run: install ## Run the whole stack locally (own PostgreSQL + Redis unless DATABASE_URL/REDIS_URL).
+	$(UV) run --frozen celery-stack-dev run
+
+.PHONY: lint
+lint: install ## ruff + mypy.
+	$(UV) run --frozen ruff check .
+	$(UV) run --frozen ruff format --check .
+	$(UV) run --frozen mypy libs services
+
+.PHONY: test
+test: lint ## Lint, type-check and run the whole test suite on real servers.
+	$(UV) run --frozen pytest $(PYTEST_ARGS)
+
+.PHONY: e2e
+e2e: install ## Only the whole-stack and chaos tests.
+	$(UV) run --frozen pytest tests/e2e $(PYTEST_ARGS)
+
+.PHONY: bench
+bench: install ## Benchmarks: our design against the field reports' naive designs.
+	$(UV) run --frozen python -m bench
+
+.PHONY: fmt
+fmt: install ## Format and auto-fix.
+	$(UV) run --frozen ruff format .
+	$(UV) run --frozen ruff check --fix .
+
+.PHONY: clean
+clean: ## Remove local servers' data and caches.
+	rm -rf .run .pytest_cache .mypy_cache .ruff_cache

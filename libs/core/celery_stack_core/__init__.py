@@ -1,0 +1,1 @@
+"""What every celery-stack service shares. Nothing here imports a service."""

@@ -1,0 +1,95 @@
+"""The Celery app factory: one configuration for every service (DESIGN "Operating contract").
+
+Tasks are routed by the prefix of their name (`counters.flush` -> queue `counters`), so a
+producer needs only the name, never the code: the API and beat `send_task` by name.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from kombu.entity import Queue as KombuQueue
+
+from celery_stack_core.config import QUEUES, Queue, Settings
+
+
+class UnroutedTask(ValueError):
+    pass
+
+
+def queue_of(task_name: str) -> Queue:
+    prefix = task_name.split(".", 1)[0]
+    for queue in QUEUES:
+        if prefix == queue:
+            return queue
+    # A message for a queue nobody consumes is a silent loss: refuse it at the producer.
+    raise UnroutedTask(f"task {task_name!r} has no queue: its name must start with one of {QUEUES}")
+
+
+def route(
+    name: str, args: Any, kwargs: Any, options: Any, task: Any = None, **kw: Any
+) -> dict[str, str]:
+    return {"queue": queue_of(name)}
+
+
+class QueueLimits:
+    """Celery annotation: soft and hard time limits per queue, from settings."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def annotate(self, task: Any) -> dict[str, int] | None:
+        try:
+            queue = queue_of(task.name)
+        except UnroutedTask:
+            return None  # celery's own tasks (celery.chord_unlock, ...)
+        return {
+            "soft_time_limit": self.settings.soft_time_limit(queue),
+            "time_limit": self.settings.time_limit(queue),
+        }
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    return {
+        "broker_url": settings.broker_url,
+        "result_backend": settings.result_backend,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "timezone": "UTC",
+        "enable_utc": True,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_queues": [KombuQueue(q, routing_key=q) for q in QUEUES],
+        "task_routes": (route,),
+        "task_annotations": (QueueLimits(settings),),
+        # Nobody reads most results: tasks that need one opt in with ignore_result=False.
+        "task_ignore_result": True,
+        "result_expires": settings.CELERY_RESULT_EXPIRES,
+        "result_backend_transport_options": {"global_keyprefix": ""},
+        "broker_transport_options": {
+            "visibility_timeout": settings.CELERY_VISIBILITY_TIMEOUT,
+            "socket_timeout": 5,
+            "socket_connect_timeout": 5,
+            "health_check_interval": 10,
+        },
+        "result_backend_always_retry": True,
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_max_retries": None,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "worker_soft_shutdown_timeout": settings.CELERY_SOFT_SHUTDOWN_TIMEOUT,
+        "worker_enable_soft_shutdown_on_idle": True,
+        "worker_hijack_root_logger": False,
+        # Task events for celery-exporter's generic metrics.
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+    }
+
+
+def make_celery(settings: Settings, main: str = "celery_stack") -> Celery:
+    app = Celery(main, set_as_current=False)
+    app.conf.update(celery_config(settings))
+    return app

@@ -1,0 +1,23 @@
+"""Async engine on asyncpg. One engine per process (and per event loop)."""
+
+from __future__ import annotations
+
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from celery_stack_core.config import Settings
+
+
+def make_engine(settings: Settings, *, pool_size: int | None = None) -> AsyncEngine:
+    return create_async_engine(
+        settings.DATABASE_URL,
+        pool_size=pool_size or settings.DATABASE_POOL_SIZE,
+        max_overflow=2,
+        pool_pre_ping=True,  # a PostgreSQL restart must not leave dead connections in the pool
+        pool_recycle=1800,
+        connect_args={"server_settings": {"application_name": settings.SERVICE_NAME}},
+    )
+
+
+def sync_url(url: str) -> str:
+    """The same database for tools that want a plain driver name (psql-style URLs)."""
+    return url.replace("postgresql+asyncpg://", "postgresql://", 1)

@@ -1,0 +1,70 @@
+"""Every Redis key name, in one place. Keys of one counter shard share a hash tag, so the Lua
+scripts that touch several of them stay valid on Redis Cluster."""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+PREFIX = "cs"
+DIRTY = f"{PREFIX}:dirty"  # set of "type:id" whose action counts must be recounted
+DIRTY_CLAIMED = f"{PREFIX}:dirty:claimed"  # zset member -> claim time (ms)
+
+
+def shard_of(target_id: int, shards: int) -> int:
+    # crc32, not hash(): stable across processes and restarts.
+    return zlib.crc32(str(target_id).encode()) % shards
+
+
+@dataclass(frozen=True)
+class ShardKeys:
+    target: str
+    field: str
+    shard: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.target}:{self.field}:{self.shard}"
+
+    def _k(self, suffix: str) -> str:
+        return f"{PREFIX}:cnt:{{{self.name}}}:{suffix}"
+
+    @property
+    def live(self) -> str:
+        return self._k("live")
+
+    @property
+    def inflight(self) -> str:
+        return self._k("inflight")
+
+    @property
+    def batch(self) -> str:
+        return self._k("batch")
+
+    @property
+    def live_since(self) -> str:
+        return self._k("since")
+
+    @property
+    def inflight_since(self) -> str:
+        return self._k("inflight_since")
+
+    @property
+    def lease(self) -> str:
+        return f"flush:{self.name}"
+
+
+def unique_viewers(target: str, target_id: int) -> str:
+    return f"{PREFIX}:uv:{target}:{target_id}"
+
+
+def lock(name: str) -> str:
+    return f"{PREFIX}:lock:{name}"
+
+
+def owner_locks(owner_id: str) -> str:
+    return f"{PREFIX}:owner:{owner_id}:locks"
+
+
+def owner_heartbeat(owner_id: str) -> str:
+    return f"{PREFIX}:owner:{owner_id}:alive"

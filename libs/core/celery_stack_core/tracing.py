@@ -1,0 +1,52 @@
+"""OpenTelemetry: exports nowhere unless OTEL_EXPORTER_OTLP_ENDPOINT is set.
+
+The W3C trace context travels in Celery message headers (celery instrumentation) and in the
+outbox rows, so one trace runs from the HTTP request through the queue to SQL.
+"""
+
+from __future__ import annotations
+
+from opentelemetry import propagate, trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+from celery_stack_core.config import Settings
+
+_configured = False
+
+
+def tracing_enabled(settings: Settings) -> bool:
+    return bool(settings.OTEL_EXPORTER_OTLP_ENDPOINT)
+
+
+def setup_tracing(service: str, settings: Settings) -> bool:
+    """Install the tracer provider and library instrumentation once per process."""
+    global _configured
+    if _configured or not tracing_enabled(settings):
+        return _configured
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.instrumentation.celery import CeleryInstrumentor
+    from opentelemetry.instrumentation.redis import RedisInstrumentor
+    from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
+
+    provider = TracerProvider(resource=Resource.create({"service.name": service}))
+    endpoint = settings.OTEL_EXPORTER_OTLP_ENDPOINT.rstrip("/") + "/v1/traces"
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
+    trace.set_tracer_provider(provider)
+    CeleryInstrumentor().instrument()
+    RedisInstrumentor().instrument()
+    SQLAlchemyInstrumentor().instrument(enable_commenter=False)
+    _configured = True
+    return True
+
+
+def inject_context() -> dict[str, str]:
+    """The current trace context as W3C headers, to store with a message (outbox rows)."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier
+
+
+def extract_context(carrier: dict[str, str] | None) -> object:
+    return propagate.extract(carrier or {})

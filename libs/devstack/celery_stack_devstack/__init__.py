@@ -1,0 +1,1 @@
+"""Local development and test support. Never imported by a service."""

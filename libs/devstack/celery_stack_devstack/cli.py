@@ -1,0 +1,26 @@
+"""`celery-stack-dev run`: the local stack (what `make run` calls)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(no_args_is_help=True, help="celery-stack local development")
+
+
+@app.command()
+def run(
+    run_dir: Path = typer.Option(Path(".run"), help="Where local servers keep their data."),
+    api_port: int = typer.Option(8000, help="API port (a free one is used if taken)."),
+) -> None:
+    """Start PostgreSQL and Redis (unless DATABASE_URL / REDIS_URL are set), migrate, run all."""
+    from celery_stack_devstack.run import main
+
+    raise typer.Exit(main(run_dir, api_port))
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    typer.echo("celery-stack 0.1.0")

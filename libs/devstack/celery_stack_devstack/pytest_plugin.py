@@ -1,0 +1,244 @@
+"""Fixtures on real servers: a throwaway PostgreSQL and Redis per test session (or the URLs
+in TEST_DATABASE_URL / TEST_REDIS_URL), a fresh database migrated to head, and helpers to run
+the services as real processes.
+
+Tests never touch data they did not create: the database is new, and Redis is our own server
+(or, with TEST_REDIS_URL, the database number it names, which the tests own).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import redis.asyncio as aioredis
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from celery_stack_core.config import Settings
+from celery_stack_core.db import make_engine
+from celery_stack_core.migrate import upgrade
+from celery_stack_core.redis_client import make_async_redis
+from celery_stack_devstack.servers import PostgresServer, RedisServer, free_port
+
+TABLES = (
+    "user_actions",
+    "counter_batches",
+    "post_comments",
+    "article_comments",
+    "posts",
+    "articles",
+)
+
+
+@dataclass
+class Servers:
+    postgres: PostgresServer | None
+    redis: RedisServer | None
+    database_url: str
+    redis_url: str
+
+
+@pytest.fixture(scope="session")
+def servers() -> Iterator[Servers]:
+    pg: PostgresServer | None = None
+    rd: RedisServer | None = None
+    # Not under pytest's tmp dir: that one is private to root, and PostgreSQL runs as postgres.
+    base = Path(tempfile.mkdtemp(prefix="celery-stack-test-"))
+    os.chmod(base, 0o755)  # noqa: S103 - the postgres OS user must traverse it
+    try:
+        name = f"cs_test_{secrets.token_hex(4)}"
+        if url := os.environ.get("TEST_DATABASE_URL", ""):
+            import asyncpg
+
+            async def create() -> None:
+                conn = await asyncpg.connect(url.replace("+asyncpg", ""))
+                await conn.execute(f'CREATE DATABASE "{name}"')
+                await conn.close()
+
+            asyncio.run(create())
+            db_url = url.rsplit("/", 1)[0] + f"/{name}"
+        else:
+            pg = PostgresServer(base / "pg", fsync=False).start()
+            db_url = pg.create_database(name)
+        if url := os.environ.get("TEST_REDIS_URL", ""):
+            redis_url = url
+        else:
+            rd = RedisServer(base / "redis", appendfsync="everysec").start()
+            redis_url = rd.url
+        upgrade(db_url)
+        yield Servers(pg, rd, db_url, redis_url)
+    finally:
+        if rd:
+            rd.stop()
+        if pg:
+            pg.stop("immediate")
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def env_for(settings: Settings) -> dict[str, str]:
+    """Environment that makes a child process use exactly these settings."""
+    out: dict[str, str] = {}
+    for key, value in settings.model_dump(mode="json").items():
+        if key == "API_TOKENS":
+            import json
+
+            out[key] = json.dumps(value)
+        elif value is not None and value != "":
+            out[key] = str(value)
+    return out
+
+
+@pytest.fixture(scope="session")
+def settings(servers: Servers) -> Settings:
+    s = Settings(
+        ENVIRONMENT="test",
+        DATABASE_URL=servers.database_url,
+        REDIS_URL=servers.redis_url,
+        METRICS_PORT=0,
+        COUNTER_SHARDS=4,
+        LOG_LEVEL="INFO",
+    )
+    # get_settings() in this process and in children reads the same values.
+    os.environ.update(env_for(s))
+    from celery_stack_core.config import get_settings
+
+    get_settings.cache_clear()
+    return s
+
+
+@pytest.fixture(scope="session")
+async def engine(settings: Settings) -> AsyncIterator[AsyncEngine]:
+    eng = make_engine(settings)
+    yield eng
+    await eng.dispose()
+
+
+@pytest.fixture(scope="session")
+async def _redis_client(settings: Settings) -> AsyncIterator[aioredis.Redis]:
+    client = make_async_redis(settings)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def redis(_redis_client: aioredis.Redis) -> aioredis.Redis:
+    """The session's Redis, emptied for this test."""
+    await _redis_client.flushdb()
+    return _redis_client
+
+
+@pytest.fixture
+async def clean_db(engine: AsyncEngine) -> AsyncEngine:
+    """The session's database with every table emptied for this test."""
+    async with engine.begin() as conn:
+        await conn.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
+    return engine
+
+
+@pytest.fixture
+async def api(
+    settings: Settings, clean_db: AsyncEngine, redis: aioredis.Redis
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The real FastAPI app in-process (with its lifespan), as a user-scoped client."""
+    from celery_stack_api.main import create_app
+    from celery_stack_core.config import DEV_USER_TOKEN
+
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(
+            transport=transport,
+            base_url="http://api",
+            headers={"Authorization": f"Bearer {DEV_USER_TOKEN}", "X-User-Id": "u1"},
+        ) as client:
+            yield client
+
+
+@dataclass
+class Service:
+    """A service running as a real process."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def signal(self, sig: int) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+
+    def stop(self, timeout: float = 30) -> int:
+        self.signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.signal(signal.SIGKILL)
+            return self.proc.wait()
+
+
+@pytest.fixture
+def start_service(settings: Settings, tmp_path: Path) -> Iterator[object]:
+    """start_service(name, argv, **env) -> Service; every service is stopped after the test."""
+    started: list[Service] = []
+
+    def start(name: str, argv: list[str], **env: str) -> Service:
+        log = tmp_path / f"{name}-{len(started)}.log"
+        exe = Path(sys.executable).parent / argv[0]
+        full_env = {**os.environ, **env_for(settings), **env}
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(
+                [str(exe), *argv[1:]],
+                env=full_env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        svc = Service(name, proc, log)
+        started.append(svc)
+        return svc
+
+    yield start
+    for svc in started:
+        svc.stop()
+
+
+def wait_until(
+    check: object, timeout: float = 30.0, interval: float = 0.1, what: str = "condition"
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():  # type: ignore[operator]
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+async def await_until(
+    check: object, timeout: float = 30.0, interval: float = 0.1, what: str = "condition"
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await check():  # type: ignore[operator]
+            return
+        await asyncio.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@pytest.fixture
+def free_tcp_port() -> int:
+    return free_port()

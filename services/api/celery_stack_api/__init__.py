@@ -1,0 +1,1 @@
+"""The HTTP API: counters ingest and reads, content, health and metrics."""

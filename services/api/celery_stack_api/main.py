@@ -1,0 +1,82 @@
+"""The FastAPI application: `create_app(settings)` for tests, `app` for uvicorn."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import redis.exceptions
+from fastapi import FastAPI, Request, status
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import SQLAlchemyError
+
+from celery_stack_api.auth import TokenTable
+from celery_stack_api.counting import NotFound, Unavailable
+from celery_stack_api.limits import BodyLimit
+from celery_stack_api.routes import content, counters, health
+from celery_stack_api.state import AppState
+from celery_stack_core.config import Settings, get_settings
+from celery_stack_core.db import make_engine
+from celery_stack_core.redis_client import make_async_redis
+from celery_stack_core.tracing import setup_tracing
+
+log = logging.getLogger(__name__)
+RETRY_AFTER = {"Retry-After": "5"}
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state = AppState(
+            settings=settings,
+            engine=make_engine(settings),
+            redis=make_async_redis(settings),
+            tokens=TokenTable(settings),
+        )
+        app.state.app = state
+        try:
+            yield
+        finally:
+            await state.redis.aclose()
+            await state.engine.dispose()
+
+    app = FastAPI(
+        title="celery-stack",
+        version="0.1.0",
+        lifespan=lifespan,
+        description="Counters, scans and maintenance on Celery, Redis and PostgreSQL.",
+    )
+    app.add_middleware(BodyLimit, max_bytes=settings.API_MAX_BODY_BYTES)
+    app.include_router(health.router)
+    app.include_router(counters.router)
+    app.include_router(content.router)
+
+    @app.exception_handler(NotFound)
+    async def _not_found(request: Request, exc: NotFound) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status.HTTP_404_NOT_FOUND)
+
+    @app.exception_handler(Unavailable)
+    async def _unavailable(request: Request, exc: Unavailable) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status.HTTP_503_SERVICE_UNAVAILABLE, RETRY_AFTER)
+
+    # A store that is down is the client's cue to retry, not a server bug: 503, never 500.
+    @app.exception_handler(SQLAlchemyError)
+    @app.exception_handler(redis.exceptions.ConnectionError)
+    @app.exception_handler(redis.exceptions.TimeoutError)
+    @app.exception_handler(OSError)
+    async def _store_down(request: Request, exc: Exception) -> JSONResponse:
+        log.warning("store unavailable", extra={"path": request.url.path, "error": repr(exc)})
+        return JSONResponse(
+            {"detail": "a backing store is unavailable, retry later"},
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            RETRY_AFTER,
+        )
+
+    if setup_tracing("api", settings):
+        from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+        FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,readyz,metrics")
+    return app

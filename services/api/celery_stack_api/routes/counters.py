@@ -1,0 +1,128 @@
+"""Counter endpoints: views (buffered), likes/collects/shares (action rows), counts."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, HTTPException, status
+from pydantic import BaseModel, Field
+
+from celery_stack_api import counting
+from celery_stack_api.deps import ActingUser, StateDep, TargetId, UserDep
+from celery_stack_core.targets import TARGETS_BY_URL, ActionKind
+
+router = APIRouter(prefix="/api/v1", tags=["counters"])
+
+
+class TargetPath(str, Enum):
+    """Everything that has counts."""
+
+    posts = "posts"
+    articles = "articles"
+    post_comments = "post-comments"
+    article_comments = "article-comments"
+
+
+class ViewedPath(str, Enum):
+    """What has a view counter."""
+
+    posts = "posts"
+    articles = "articles"
+
+
+class ViewIn(BaseModel):
+    viewer_id: str | None = Field(
+        default=None, min_length=1, max_length=128, description="Counted once in unique viewers."
+    )
+
+
+class ViewOut(BaseModel):
+    accepted: bool = True
+    path: str = Field(
+        description="`buffered` (Redis) or `direct` (Redis was down; written to PostgreSQL)."
+    )
+
+
+class ActionOut(BaseModel):
+    kind: str
+    active: bool
+    changed: bool
+
+
+def _spec(target: Enum) -> Any:
+    return TARGETS_BY_URL[str(target.value)]
+
+
+@router.post(
+    "/{target}/{target_id}/views",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=ViewOut,
+    responses={
+        404: {"description": "No such row"},
+        503: {"description": "Redis and PostgreSQL down"},
+    },
+)
+async def record_view(
+    *,
+    target: ViewedPath,
+    target_id: TargetId,
+    state: StateDep,
+    _: UserDep,
+    body: Annotated[ViewIn | None, Body()] = None,
+) -> ViewOut:
+    viewer = body.viewer_id if body else None
+    path = await counting.record_view(state, _spec(target).type, target_id, viewer)
+    return ViewOut(path=path)
+
+
+@router.get("/{target}/{target_id}/counts")
+async def read_counts(
+    *, target: TargetPath, target_id: TargetId, state: StateDep, _: UserDep
+) -> dict[str, Any]:
+    return await counting.read_counts(state, _spec(target).type, target_id)
+
+
+async def _action(
+    state: StateDep, target: Enum, target_id: int, user: str, kind: ActionKind, on: bool
+) -> ActionOut:
+    spec = _spec(target)
+    if kind not in spec.actions:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"{spec.url} cannot be given a {kind}")
+    changed = await counting.set_action(state, spec.type, target_id, user, kind, on)
+    return ActionOut(kind=kind, active=on, changed=changed)
+
+
+@router.put("/{target}/{target_id}/like", response_model=ActionOut)
+async def like(
+    *, target: TargetPath, target_id: TargetId, user: ActingUser, state: StateDep, _: UserDep
+) -> ActionOut:
+    return await _action(state, target, target_id, user, "like", True)
+
+
+@router.delete("/{target}/{target_id}/like", response_model=ActionOut)
+async def unlike(
+    *, target: TargetPath, target_id: TargetId, user: ActingUser, state: StateDep, _: UserDep
+) -> ActionOut:
+    return await _action(state, target, target_id, user, "like", False)
+
+
+@router.put("/{target}/{target_id}/collect", response_model=ActionOut)
+async def collect(
+    *, target: TargetPath, target_id: TargetId, user: ActingUser, state: StateDep, _: UserDep
+) -> ActionOut:
+    return await _action(state, target, target_id, user, "collect", True)
+
+
+@router.delete("/{target}/{target_id}/collect", response_model=ActionOut)
+async def uncollect(
+    *, target: TargetPath, target_id: TargetId, user: ActingUser, state: StateDep, _: UserDep
+) -> ActionOut:
+    return await _action(state, target, target_id, user, "collect", False)
+
+
+@router.post("/{target}/{target_id}/share", response_model=ActionOut)
+async def share(
+    *, target: TargetPath, target_id: TargetId, user: ActingUser, state: StateDep, _: UserDep
+) -> ActionOut:
+    return await _action(state, target, target_id, user, "share", True)

@@ -1,0 +1,3 @@
+async def test_healthz(api):
+    r = await api.get("/healthz")
+    assert r.status_code == 200

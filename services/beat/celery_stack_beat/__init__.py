@@ -1,0 +1,1 @@
+"""beat: sends the periodic tasks of the schedule."""

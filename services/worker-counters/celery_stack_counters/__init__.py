@@ -1,0 +1,1 @@
+"""worker-counters: moves buffered counts into PostgreSQL exactly once, and recounts actions."""

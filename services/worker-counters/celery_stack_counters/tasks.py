@@ -1,0 +1,53 @@
+"""Celery tasks of the counters queue: thin shells over flush_all / recount."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery_stack_core import aio, connections
+from celery_stack_core.celery_app import make_celery
+from celery_stack_core.config import get_settings
+from celery_stack_core.identity import owner_id
+from celery_stack_core.worker import install_hooks
+from celery_stack_counters.flush_all import flush_all
+from celery_stack_counters.recount import drain_dirty, reconcile
+
+settings = get_settings()
+app = make_celery(settings, "celery_stack_counters")
+install_hooks(app, settings, "worker-counters")
+
+
+@app.task(name="counters.flush")
+def flush() -> dict[str, Any]:
+    results = aio.run(
+        flush_all(
+            connections.redis(),
+            connections.engine(),
+            shards=settings.COUNTER_SHARDS,
+            owner=owner_id(settings),
+            lease_ttl=settings.FLUSH_LEASE_TTL,
+        )
+    )
+    applied = [r for r in results if r.outcome == "applied"]
+    return {"batches": len(applied), "rows": sum(r.applied for r in applied)}
+
+
+@app.task(name="counters.recount")
+def recount() -> int:
+    """Drain the dirty set until empty (bounded by the task's time limit)."""
+    total = 0
+    while n := aio.run(
+        drain_dirty(
+            connections.redis(),
+            connections.engine(),
+            batch_size=settings.RECOUNT_BATCH_SIZE,
+            claim_timeout=settings.RECOUNT_CLAIM_TIMEOUT,
+        )
+    ):
+        total += n
+    return total
+
+
+@app.task(name="counters.reconcile")
+def reconcile_all() -> dict[str, int]:
+    return aio.run(reconcile(connections.engine(), batch_size=settings.RECONCILE_BATCH_SIZE))
