@@ -74,7 +74,6 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "visibility_timeout": settings.CELERY_VISIBILITY_TIMEOUT,
             "socket_timeout": 5,
             "socket_connect_timeout": 5,
-            "health_check_interval": 10,
         },
         "result_backend_always_retry": True,
         "broker_connection_retry_on_startup": True,

@@ -51,8 +51,14 @@ class ConsumingHeartbeat(bootsteps.StartStopStep):  # type: ignore[misc]
         conn = c.connection
         if conn is None or not conn.connected or c.task_consumer is None:
             return
+        if not c.task_consumer.queues:
+            return  # connected but consuming from nothing
         try:
-            conn.default_channel.client.ping()  # the Redis transport's client: broker answers
+            # A connection of its own: the consumer's channel is blocked in BRPOP, and a PING on
+            # it would interleave replies with the consumer's.
+            with c.app.connection_for_write() as probe:
+                probe.ensure_connection(max_retries=1, timeout=2)
+                probe.default_channel.client.ping()
         except Exception as exc:
             log.warning(
                 "broker ping failed; liveness heartbeat not touched", extra={"error": repr(exc)}

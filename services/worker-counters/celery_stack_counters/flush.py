@@ -51,6 +51,7 @@ class FlushResult:
     applied: int = 0
     dropped: int = 0
     lag_seconds: float = 0.0
+    resumed: bool = False  # the batch was left in flight by an interrupted flush
 
 
 async def claim(redis: aioredis.Redis, sk: ShardKeys) -> Claim | None:
@@ -66,23 +67,26 @@ async def claim(redis: aioredis.Redis, sk: ShardKeys) -> Claim | None:
 
 
 async def read_inflight(redis: aioredis.Redis, sk: ShardKeys) -> tuple[list[int], list[int], int]:
-    """The in-flight deltas as parallel id/delta lists, plus fields that were not valid ids."""
-    ids: list[int] = []
-    deltas: list[int] = []
-    seen: set[int] = set()
+    """The in-flight deltas as parallel id/delta lists sorted by id, plus fields that were not
+    valid ids. Sorted ids make the UPDATE walk the table's pages and index in order."""
+    script = redis.register_script(lua(__file__, "read_inflight"))
+    pairs: dict[int, int] = {}
     invalid = 0
-    async for field, value in redis.hscan_iter(sk.inflight, count=5000):
-        try:
-            target_id, delta = int(field), int(value)
-        except ValueError:
-            invalid += 1
-            continue
-        if target_id in seen:  # HSCAN may repeat an element; the hash is immutable here
-            continue
-        seen.add(target_id)
-        ids.append(target_id)
-        deltas.append(delta)
-    return ids, deltas, invalid
+    cursor = "0"
+    while True:
+        cursor, packed_ids, packed_deltas, bad = await script(
+            keys=[sk.inflight], args=[cursor, 5000]
+        )
+        invalid += int(bad)
+        if packed_ids:
+            # HSCAN may repeat an element; the hash is immutable here, so a repeat is the same
+            # value and the dict keeps one.
+            ids, deltas = packed_ids.split(","), packed_deltas.split(",")
+            pairs.update(zip(map(int, ids), map(int, deltas), strict=True))
+        if str(cursor) == "0":
+            break
+    ordered = sorted(pairs)
+    return ordered, [pairs[i] for i in ordered], invalid
 
 
 async def apply_batch(
@@ -150,10 +154,14 @@ async def flush_shard(
 
     lag = max(0.0, time.time() - c.since_ms / 1000) if c.since_ms else 0.0
     if applied is None:
-        result = FlushResult(sk.name, "already_applied", c.batch_id, len(ids), lag_seconds=lag)
+        result = FlushResult(
+            sk.name, "already_applied", c.batch_id, len(ids), lag_seconds=lag, resumed=c.resumed
+        )
     else:
         dropped = len(ids) - applied + invalid
-        result = FlushResult(sk.name, "applied", c.batch_id, len(ids), applied, dropped, lag)
+        result = FlushResult(
+            sk.name, "applied", c.batch_id, len(ids), applied, dropped, lag, c.resumed
+        )
         metrics.FLUSH_ROWS.labels(sk.name).inc(applied)
         if dropped:
             metrics.FLUSH_DROPPED.labels(sk.name).inc(dropped)

@@ -42,11 +42,14 @@ async def flush_all(
             async with hold(redis, sk.lease, owner=owner, ttl=lease_ttl) as lease:
                 if lease is None:
                     continue
-                res = await with_retry(
-                    lambda sk=sk: flush_shard(redis, engine, sk, hook),
-                    what=f"flush {sk.name}",
-                )
-                results.append(res)
+                while True:
+                    res = await with_retry(
+                        lambda sk=sk: flush_shard(redis, engine, sk, hook),  # type: ignore[misc]
+                        what=f"flush {sk.name}",
+                    )
+                    results.append(res)
+                    if not res.resumed:
+                        break  # a resumed batch was a crashed flush's: now do the live one
                 total = await redis.hlen(sk.live) + await redis.hlen(sk.inflight)
                 metrics.BUFFERED.labels(sk.name).set(total)
         except Exception:

@@ -1,0 +1,55 @@
+"""Leases: exclusive, owner-checked renew and release, auto-renewal past the TTL."""
+
+import asyncio
+import json
+
+from celery_stack_core import keys
+from celery_stack_core.locks import Lease, LeaseLost, hold
+
+
+async def test_exclusive_and_owner_record(redis):
+    async with hold(redis, "job", owner="a", ttl=5) as lease:
+        assert lease is not None
+        record = json.loads(await redis.get(keys.lock("job")))
+        assert record["owner"] == "a" and len(record["nonce"]) == 16
+        assert keys.lock("job") in await redis.smembers(keys.owner_locks("a"))
+        assert await redis.exists(keys.owner_heartbeat("a"))
+        async with hold(redis, "job", owner="b", ttl=5) as other:
+            assert other is None
+    assert not await redis.exists(keys.lock("job"))
+    assert not await redis.smembers(keys.owner_locks("a"))
+
+
+async def test_release_never_deletes_a_successors_lock(redis):
+    old = Lease(redis, "job", "a", ttl=0.2)
+    assert await old.acquire()
+    await asyncio.sleep(0.3)  # expired: b takes over
+    new = Lease(redis, "job", "b", ttl=5)
+    assert await new.acquire()
+    assert not await old.release()  # compare-and-delete refuses
+    assert not await old.renew()  # compare-and-extend refuses
+    assert old.lost
+    assert json.loads(await redis.get(keys.lock("job")))["owner"] == "b"
+
+
+async def test_auto_renewal_keeps_the_lease_past_its_ttl(redis):
+    async with hold(redis, "long", owner="a", ttl=0.3) as lease:
+        assert lease is not None
+        await asyncio.sleep(1.0)  # > 3 TTLs
+        lease.check()
+        assert await redis.pttl(keys.lock("long")) > 0
+        async with hold(redis, "long", owner="b", ttl=0.3) as other:
+            assert other is None
+
+
+async def test_lost_lease_is_detected(redis):
+    async with hold(redis, "stolen", owner="a", ttl=0.3) as lease:
+        assert lease is not None
+        await redis.set(keys.lock("stolen"), "someone-else")  # e.g. expired and taken over
+        await asyncio.sleep(0.35)
+        try:
+            lease.check()
+            raise AssertionError("a lost lease must be reported")
+        except LeaseLost:
+            pass
+    assert await redis.get(keys.lock("stolen")) == "someone-else"
