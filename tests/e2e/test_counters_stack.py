@@ -14,6 +14,9 @@ pytestmark = pytest.mark.e2e
 async def test_views_and_likes_reach_the_database_within_seconds(
     start_service, free_tcp_port, clean_db, redis, engine, tmp_path
 ):
+    from celery_stack_devstack.servers import free_port
+
+    metrics_port = free_port()
     fast = {"COUNTER_FLUSH_INTERVAL": "0.5", "RECOUNT_INTERVAL": "0.5", "METRICS_PORT": "0"}
     api = start_service(
         "api",
@@ -23,7 +26,7 @@ async def test_views_and_likes_reach_the_database_within_seconds(
     worker = start_service(
         "worker-counters",
         ["celery-stack-worker-counters", "--concurrency", "2"],
-        **fast,
+        **{**fast, "METRICS_PORT": str(metrics_port)},
         PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "prom"),
         WORKER_HEARTBEAT_FILE=str(tmp_path / "alive"),
     )
@@ -69,6 +72,20 @@ async def test_views_and_likes_reach_the_database_within_seconds(
         and body["unique_viewers"] == 5
     )
     assert (tmp_path / "alive").exists(), "the consuming worker touches its liveness file"
+    # prefork children's metrics are collected by the parent's endpoint (multiprocess mode)
+    scraped = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text
+    applied = [
+        float(line.split()[-1])
+        for line in scraped.splitlines()
+        if line.startswith("celery_stack_flush_rows_applied_total{")
+    ]
+    assert sum(applied) >= 1, scraped[:2000]
+    # structured logs: every line the services print after start-up is one JSON object
+    import json
+
+    for svc in (api, worker, beat):
+        records = [json.loads(line) for line in svc.output().splitlines() if line.startswith("{")]
+        assert records and all({"time", "level", "message", "service"} <= r.keys() for r in records)
     assert api.proc.poll() is None and worker.proc.poll() is None
     # graceful SIGTERM: the worker exits cleanly
     assert worker.stop(timeout=60) == 0

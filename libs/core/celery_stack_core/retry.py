@@ -26,9 +26,16 @@ TRANSIENT: tuple[type[BaseException], ...] = (
 )
 
 
+# Deadlock and serialization failure: PostgreSQL rolled the transaction back; run it again.
+RETRYABLE_SQLSTATES = {"40P01", "40001"}
+
+
 def is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
-        return True
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        if getattr(exc.orig, "sqlstate", None) in RETRYABLE_SQLSTATES:
+            return True
     return isinstance(exc, TRANSIENT)
 
 

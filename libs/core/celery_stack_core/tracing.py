@@ -41,6 +41,14 @@ def setup_tracing(service: str, settings: Settings) -> bool:
     return True
 
 
+def flush_tracing() -> None:
+    """Export what is batched. Called on shutdown: uvicorn re-raises SIGTERM after its graceful
+    shutdown, which ends the process before atexit handlers run."""
+    provider = trace.get_tracer_provider()
+    if isinstance(provider, TracerProvider):
+        provider.force_flush(timeout_millis=5000)
+
+
 def inject_context() -> dict[str, str]:
     """The current trace context as W3C headers, to store with a message (outbox rows)."""
     carrier: dict[str, str] = {}

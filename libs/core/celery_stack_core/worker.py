@@ -17,7 +17,7 @@ from celery import Celery, signals
 from celery_stack_core import liveness
 from celery_stack_core.config import Queue, Settings
 from celery_stack_core.logs import configure_logging
-from celery_stack_core.tracing import setup_tracing
+from celery_stack_core.tracing import flush_tracing, setup_tracing
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,7 @@ def install_hooks(app: Celery, settings: Settings, service: str) -> None:
         from celery_stack_core import metrics
 
         metrics.mark_process_dead(pid or os.getpid())
+        flush_tracing()
 
     @signals.task_failure.connect(weak=False)
     def _failed(sender: Any = None, **_: Any) -> None:

@@ -10,8 +10,10 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import IO
 
 from rich.console import Console
+from rich.markup import escape
 
 from celery_stack_core.migrate import upgrade
 from celery_stack_devstack.processes import Proc, local_stack
@@ -32,11 +34,10 @@ def _port(preferred: int) -> int:
             return free_port()
 
 
-def _pump(name: str, color: str, stream: object) -> None:
-    for line in iter(stream.readline, b""):  # type: ignore[attr-defined]
-        console.print(
-            f"[{color}]{name:>16}[/] | {line.decode(errors='replace').rstrip()}", markup=True
-        )
+def _pump(name: str, color: str, stream: IO[bytes]) -> None:
+    for line in iter(stream.readline, b""):
+        text = line.decode(errors="replace").rstrip()
+        console.print(f"[{color}]{name:>18}[/] | {escape(text)}", soft_wrap=True)
 
 
 async def _ensure_database(url: str) -> None:
