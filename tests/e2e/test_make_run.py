@@ -1,0 +1,72 @@
+"""`make run`'s supervisor: with no DATABASE_URL / REDIS_URL it starts its own servers, migrates,
+runs every service, and SIGINT (Ctrl-C) stops all of it."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import httpx
+import pytest
+
+from celery_stack_core.config import DEV_USER_TOKEN
+from celery_stack_devstack.pytest_plugin import wait_until
+from celery_stack_devstack.servers import free_port
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+
+
+def test_local_stack_starts_and_stops_cleanly():
+    run_dir = Path(tempfile.mkdtemp(prefix="celery-stack-run-"))
+    run_dir.chmod(0o755)
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL"}}
+    log = open(run_dir / "stack.log", "wb")  # noqa: SIM115 - closed in finally
+    proc = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "celery-stack-dev"),
+            "run",
+            "--run-dir",
+            str(run_dir),
+            "--api-port",
+            str(port),
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+
+        def ready():
+            try:
+                return httpx.get(f"{base}/readyz", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return proc.poll() is not None
+
+        wait_until(ready, 180, interval=0.5, what="the local stack")
+        assert proc.poll() is None, (run_dir / "stack.log").read_text()[-3000:]
+        h = {"Authorization": f"Bearer {DEV_USER_TOKEN}", "X-User-Id": "u"}
+        post = httpx.post(f"{base}/api/v1/posts", json={"title": "t"}, headers=h).json()["id"]
+        httpx.post(f"{base}/api/v1/posts/{post}/views", headers=h)
+
+        def flushed():
+            r = httpx.get(f"{base}/api/v1/posts/{post}/counts", headers=h).json()
+            return r["counts"]["views"] == 1
+
+        wait_until(flushed, 60, what="the view counted")
+        assert (run_dir / "postgres" / "PG_VERSION").exists() and (run_dir / "redis").exists()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(90)
+        log.close()
+    text = (run_dir / "stack.log").read_text()
+    assert code == 0, text[-3000:]
+    assert "stopped" in text
+    assert not (run_dir / "postgres" / "postmaster.pid").exists(), "PostgreSQL left running"
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"{base}/healthz", timeout=1)
+    shutil.rmtree(run_dir, ignore_errors=True)
