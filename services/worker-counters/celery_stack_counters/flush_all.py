@@ -44,7 +44,7 @@ async def flush_all(
                     continue
                 while True:
                     res = await with_retry(
-                        lambda sk=sk: flush_shard(redis, engine, sk, hook),  # type: ignore[misc]
+                        lambda sk=sk: flush_shard(redis, engine, sk, hook),
                         what=f"flush {sk.name}",
                     )
                     results.append(res)
