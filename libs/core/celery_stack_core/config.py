@@ -45,18 +45,31 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_ignore_empty=True, extra="ignore")
 
     # --- deployment ---------------------------------------------------------------------------
+    # local and test accept the development tokens; production refuses them and requires
+    # API_TOKENS.
     ENVIRONMENT: Literal["local", "test", "production"] = "local"
+
+    # Reported to PostgreSQL as application_name.
     SERVICE_NAME: str = "celery-stack"
+
+    # Python log level of every service (logs are JSON lines on stdout).
     LOG_LEVEL: str = "INFO"
-    # Identity of this process for lock owner records: the pod UID via the Downward API on
-    # Kubernetes; host+pid+boot id locally when empty.
+
+    # Identity of this process for lock owner records and beat's Lease holder: pod name and
+    # UID via the Downward API on Kubernetes; host+pid+boot id locally when empty.
     POD_NAME: str = ""
     POD_UID: str = ""
 
     # --- stores -------------------------------------------------------------------------------
+    # PostgreSQL, SQLAlchemy URL with the asyncpg driver. A Secret in production.
     DATABASE_URL: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/celery_stack"
+
+    # Connections per process in the SQLAlchemy pool (plus 2 overflow).
     DATABASE_POOL_SIZE: int = Field(default=5, ge=1, le=100)
+
+    # Redis for counters, leases and beat; needs AOF (docs/loss-bounds.md).
     REDIS_URL: str = "redis://127.0.0.1:6379/0"
+
     # The broker and result backend default to REDIS_URL; split them in production if you like.
     CELERY_BROKER_URL: str = ""
     CELERY_RESULT_BACKEND: str = ""
@@ -68,6 +81,8 @@ class Settings(BaseSettings):
     CELERY_SOFT_SHUTDOWN_TIMEOUT: float = Field(default=20.0, ge=0)
 
     # --- per-queue limits (seconds) ----------------------------------------------------------
+    # Per queue: soft limit (the task gets SoftTimeLimitExceeded), hard limit (its process is
+    # killed) and prefetch per worker process.
     COUNTERS_SOFT_TIME_LIMIT: int = Field(default=50, ge=1)
     COUNTERS_TIME_LIMIT: int = Field(default=60, ge=1)
     COUNTERS_PREFETCH: int = Field(default=1, ge=1)
@@ -81,22 +96,36 @@ class Settings(BaseSettings):
     # --- counters -----------------------------------------------------------------------------
     # Pending hashes per entity/field; an id always lands in the same shard.
     COUNTER_SHARDS: int = Field(default=8, ge=1, le=1024)
+
+    # Seconds between flushes of the view buffers (beat sends counters.flush).
     COUNTER_FLUSH_INTERVAL: float = Field(default=2.0, gt=0)
+
+    # Seconds between drains of the dirty set (beat sends counters.recount).
     RECOUNT_INTERVAL: float = Field(default=2.0, gt=0)
+
+    # Targets recounted per statement.
     RECOUNT_BATCH_SIZE: int = Field(default=500, ge=1, le=10_000)
+
     # A dirty target claimed by a drainer that died is retried after this many seconds.
     RECOUNT_CLAIM_TIMEOUT: float = Field(default=60.0, gt=0)
+
+    # Full reconciliation: seconds between runs and rows per statement.
     RECONCILE_INTERVAL: float = Field(default=3600.0, gt=0)
     RECONCILE_BATCH_SIZE: int = Field(default=2000, ge=1)
+
     # Lease held per shard while flushing; renewed every third of it while the holder works.
     FLUSH_LEASE_TTL: float = Field(default=30.0, gt=0)
-    # Existence cache for view ingest: ids known to exist skip the database on the hot path.
+
+    # Existence cache for view ingest (entries, seconds): ids known to exist skip the database
+    # on the hot path.
     VIEW_ID_CACHE_SIZE: int = Field(default=100_000, ge=0)
     VIEW_ID_CACHE_TTL: float = Field(default=300.0, ge=0)
 
     # --- api ----------------------------------------------------------------------------------
     # JSON list of {"name", "sha256", "scopes"}; `celery-stack-api hash-token` makes a digest.
     API_TOKENS: Annotated[list[TokenSpec], NoDecode] = Field(default_factory=list)
+
+    # Larger request bodies are refused with 413 before they are read.
     API_MAX_BODY_BYTES: int = Field(default=64 * 1024, ge=1024)
 
     # --- observability ------------------------------------------------------------------------
@@ -108,10 +137,91 @@ class Settings(BaseSettings):
     OTEL_EXPORTER_OTLP_ENDPOINT: str = ""
     # File a worker touches while it consumes; the liveness probe checks its age.
     WORKER_HEARTBEAT_FILE: str = "/tmp/celery-stack-worker-alive"  # noqa: S108
+
+    # Seconds between touches of WORKER_HEARTBEAT_FILE.
     WORKER_HEARTBEAT_INTERVAL: float = Field(default=5.0, gt=0)
 
     # --- beat ---------------------------------------------------------------------------------
+    # Seconds between schedule checks of the leader.
     BEAT_TICK: float = Field(default=0.5, gt=0)
+
+    # Leader election backend: a Kubernetes Lease when in-cluster config exists ("auto"), else
+    # a Redis lease with an epoch counter; "redis" or "kubernetes" forces one.
+    BEAT_ELECTION: Literal["auto", "redis", "kubernetes"] = "auto"
+    # Lease timing (client-go's defaults): the lease lasts BEAT_LEASE_DURATION after the last
+    # renewal; the leader gives up (and stops sending) when it could not renew for
+    # BEAT_RENEW_DEADLINE; renewals and standby attempts happen every BEAT_RETRY_PERIOD.
+    BEAT_LEASE_DURATION: float = Field(default=15.0, gt=0)
+    BEAT_RENEW_DEADLINE: float = Field(default=10.0, gt=0)
+    BEAT_RETRY_PERIOD: float = Field(default=2.0, gt=0)
+    # Kubernetes Lease object; the namespace defaults to the pod's own (service account).
+    BEAT_LEASE_NAME: str = "celery-stack-beat"
+    BEAT_LEASE_NAMESPACE: str = ""
+    # Claimed slot keys live this long (at least three intervals of their entry).
+    BEAT_SLOT_TTL: float = Field(default=3600.0, gt=0)
+    # Catch-up "all" sends at most this many missed slots per entry; older ones count as missed.
+    BEAT_CATCHUP_MAX: int = Field(default=100, ge=1)
+    # Catch-up "skip" still sends a slot this many seconds late (a normal tick or a fast
+    # handover); later slots are dropped and counted as missed.
+    BEAT_SKIP_GRACE: float = Field(default=5.0, ge=0)
+    # Liveness: touched by the leader after every tick, by a standby after every attempt;
+    # `celery-stack-beat alive` fails when it is older than BEAT_ALIVE_MAX_AGE.
+    BEAT_HEARTBEAT_FILE: str = "/tmp/celery-stack-beat-alive"  # noqa: S108
+    BEAT_ALIVE_MAX_AGE: float = Field(default=30.0, gt=0)
+
+    # --- scans (begin) ------------------------------------------------------------------------
+    # A running scan touches its row this often; a row whose heartbeat is older than
+    # SCAN_HEARTBEAT_STALE belongs to a dead worker and a redelivered message may take it over.
+    SCAN_HEARTBEAT_INTERVAL: float = Field(default=2.0, gt=0)
+    SCAN_HEARTBEAT_STALE: float = Field(default=15.0, gt=0)
+    # Deliveries of one attempt before the scan goes to `dead` (a handler that kills its worker).
+    SCAN_MAX_DELIVERIES: int = Field(default=3, ge=1, le=100)
+    # Hostname -> addresses used instead of DNS (like curl --resolve): tests and the local demo.
+    # JSON object, e.g. {"demo.localtest": ["127.0.0.1"]}. The SSRF guard still applies.
+    SCANNER_RESOLVE: Annotated[dict[str, list[str]], NoDecode] = Field(default_factory=dict)
+    # Networks the SSRF guard lets through although they are not public (comma-separated CIDRs,
+    # e.g. "127.0.0.1/32"). Empty in production. Cloud-metadata addresses are never allowed.
+    SCANNER_ALLOW_PRIVATE_CIDRS: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Extra CA bundle (PEM file) the scanner trusts besides the system store: tests, demo.
+    SCANNER_CA_BUNDLE: str = ""
+    SCANNER_MAX_PAGES: int = Field(default=10, ge=1, le=200)
+    SCANNER_MAX_REDIRECTS: int = Field(default=5, ge=0, le=20)
+    SCANNER_TIMEOUT: float = Field(default=10.0, gt=0)
+    SCANNER_MAX_BYTES: int = Field(default=1_000_000, ge=1024)
+    SCANNER_USER_AGENT: str = "celery-stack-scanner/0.1"
+    # TLS certificates closer than this to expiry are reported.
+    SCANNER_CERT_WARN_DAYS: int = Field(default=30, ge=0)
+    # Outbox relay (maintenance queue): rows unsent for longer than OUTBOX_RELAY_MIN_AGE are
+    # sent by the relay; younger rows are left to the API that wrote them.
+    OUTBOX_RELAY_INTERVAL: float = Field(default=2.0, gt=0)
+    OUTBOX_RELAY_MIN_AGE: float = Field(default=1.0, ge=0)
+    OUTBOX_RELAY_BATCH: int = Field(default=500, ge=1, le=10_000)
+
+    @field_validator("SCANNER_RESOLVE", mode="before")
+    @classmethod
+    def _parse_resolve(cls, value: object) -> object:
+        if isinstance(value, str):
+            return json.loads(value) if value.strip() else {}
+        return value
+
+    @field_validator("SCANNER_ALLOW_PRIVATE_CIDRS", mode="before")
+    @classmethod
+    def _parse_cidrs(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [c.strip() for c in text.split(",") if c.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _check_scans(self) -> Settings:
+        if self.SCAN_HEARTBEAT_STALE <= 2 * self.SCAN_HEARTBEAT_INTERVAL:
+            # One late heartbeat must not hand a live scan to a second worker.
+            raise ValueError("SCAN_HEARTBEAT_STALE must exceed twice SCAN_HEARTBEAT_INTERVAL")
+        return self
+
+    # --- scans (end) --------------------------------------------------------------------------
 
     @field_validator("API_TOKENS", mode="before")
     @classmethod
@@ -141,6 +251,18 @@ class Settings(BaseSettings):
                     f"CELERY_VISIBILITY_TIMEOUT ({self.CELERY_VISIBILITY_TIMEOUT}s) must exceed "
                     f"{queue.upper()}_TIME_LIMIT ({hard}s)"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _check_beat(self) -> Settings:
+        # A leader must stop sending (renew deadline) before its lease can expire and a standby
+        # take over; renewals must be attempted several times within the deadline.
+        if not self.BEAT_RETRY_PERIOD < self.BEAT_RENEW_DEADLINE < self.BEAT_LEASE_DURATION:
+            raise ValueError(
+                "beat timing needs BEAT_RETRY_PERIOD < BEAT_RENEW_DEADLINE < BEAT_LEASE_DURATION"
+            )
+        if self.BEAT_TICK >= self.BEAT_RENEW_DEADLINE:
+            raise ValueError("BEAT_TICK must be below BEAT_RENEW_DEADLINE")
         return self
 
     # --- derived ------------------------------------------------------------------------------
