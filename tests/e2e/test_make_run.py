@@ -19,6 +19,26 @@ from celery_stack_devstack.servers import free_port
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 
+def free_port_run(n: int) -> int:
+    """The first of n consecutive free ports (so a developer's own `make run` is no obstacle)."""
+    import socket
+
+    for base in range(20000, 60000, 7):
+        socks = []
+        try:
+            for port in range(base, base + n):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no free port range")
+
+
 def test_local_stack_starts_and_stops_cleanly():
     run_dir = Path(tempfile.mkdtemp(prefix="celery-stack-run-"))
     run_dir.chmod(0o755)

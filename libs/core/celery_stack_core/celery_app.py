@@ -74,6 +74,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "visibility_timeout": settings.CELERY_VISIBILITY_TIMEOUT,
             "socket_timeout": 5,
             "socket_connect_timeout": 5,
+            # Look for messages of dead workers (unacked past visibility_timeout) every 10 s;
+            # kombu's default throttle makes that ~100 s, so a kill -9'd task waited longer.
+            "unacked_restore_interval": 10,
+            "unacked_restore_throttle": 1,
+            # No health_check_interval: its PING interleaves with the consumer's BRPOP replies
+            # and crashes the worker (seen in tests/e2e/test_counters_stack.py).
         },
         "result_backend_always_retry": True,
         "broker_connection_retry_on_startup": True,

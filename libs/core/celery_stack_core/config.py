@@ -170,9 +170,10 @@ class Settings(BaseSettings):
     BEAT_ALIVE_MAX_AGE: float = Field(default=30.0, gt=0)
 
     # --- scans (begin) ------------------------------------------------------------------------
-    # A running scan touches its row this often; a row whose heartbeat is older than
-    # SCAN_HEARTBEAT_STALE belongs to a dead worker and a redelivered message may take it over.
+    # Seconds between heartbeats a running scan writes to its row.
     SCAN_HEARTBEAT_INTERVAL: float = Field(default=2.0, gt=0)
+    # A running scan whose heartbeat is older than this belongs to a dead worker: a redelivered
+    # message may take it over (at once when that worker is known dead on the same host/pod).
     SCAN_HEARTBEAT_STALE: float = Field(default=15.0, gt=0)
     # Deliveries of one attempt before the scan goes to `dead` (a handler that kills its worker).
     SCAN_MAX_DELIVERIES: int = Field(default=3, ge=1, le=100)
@@ -184,17 +185,24 @@ class Settings(BaseSettings):
     SCANNER_ALLOW_PRIVATE_CIDRS: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # Extra CA bundle (PEM file) the scanner trusts besides the system store: tests, demo.
     SCANNER_CA_BUNDLE: str = ""
+    # Most same-origin pages one scan fetches (a scan's config may ask for fewer).
     SCANNER_MAX_PAGES: int = Field(default=10, ge=1, le=200)
+    # Redirects followed per fetch; every hop is resolved and checked by the SSRF guard.
     SCANNER_MAX_REDIRECTS: int = Field(default=5, ge=0, le=20)
+    # Seconds per fetch (connect, read, TLS handshake).
     SCANNER_TIMEOUT: float = Field(default=10.0, gt=0)
+    # Bytes read per page at most; the rest of a larger body is not downloaded.
     SCANNER_MAX_BYTES: int = Field(default=1_000_000, ge=1024)
+    # User-Agent header of the scanner's requests.
     SCANNER_USER_AGENT: str = "celery-stack-scanner/0.1"
     # TLS certificates closer than this to expiry are reported.
     SCANNER_CERT_WARN_DAYS: int = Field(default=30, ge=0)
-    # Outbox relay (maintenance queue): rows unsent for longer than OUTBOX_RELAY_MIN_AGE are
-    # sent by the relay; younger rows are left to the API that wrote them.
+    # Seconds between runs of the outbox relay (beat entry `outbox-relay`, maintenance queue).
     OUTBOX_RELAY_INTERVAL: float = Field(default=2.0, gt=0)
-    OUTBOX_RELAY_MIN_AGE: float = Field(default=1.0, ge=0)
+    # Outbox rows younger than this are left to the API that wrote them (it publishes right
+    # after COMMIT); older unsent rows are what a crash or a broker outage left: the relay's.
+    OUTBOX_RELAY_MIN_AGE: float = Field(default=3.0, ge=0)
+    # Rows the relay locks (FOR UPDATE SKIP LOCKED) and sends per batch.
     OUTBOX_RELAY_BATCH: int = Field(default=500, ge=1, le=10_000)
 
     @field_validator("SCANNER_RESOLVE", mode="before")

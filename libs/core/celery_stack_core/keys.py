@@ -68,3 +68,17 @@ def owner_locks(owner_id: str) -> str:
 
 def owner_heartbeat(owner_id: str) -> str:
     return f"{PREFIX}:owner:{owner_id}:alive"
+
+
+# --- beat: one hash tag, so the claim script's keys stay in one Cluster slot -------------------
+BEAT_LEASE = f"{PREFIX}:{{beat}}:lease"  # Redis election: the leader's owner record (SET NX PX)
+BEAT_EPOCH = (
+    f"{PREFIX}:{{beat}}:epoch"  # fencing epoch: INCR on acquisition / raised to the Lease's
+)
+BEAT_LAST = f"{PREFIX}:{{beat}}:last"  # hash entry -> nominal due (ms) of its last claimed slot
+BEAT_LEADER = f"{PREFIX}:{{beat}}:leader"  # who leads (any backend), for status and standbys
+BEAT_RELEASED = f"{PREFIX}:{{beat}}:released"  # pub/sub: the Redis lease was just released
+
+
+def beat_slot(entry: str, due_ms: int) -> str:
+    return f"{PREFIX}:{{beat}}:slot:{entry}:{due_ms}"

@@ -76,6 +76,97 @@ DRIFT = Counter(
 )
 TASK_FAILURES = Counter(f"{NS}_task_failures", "Our tasks that raised, by task name.", ["task"])
 
+# --- scans (begin) ----------------------------------------------------------------------------
+SCANS_CREATED = Counter(f"{NS}_scans_created", "Scans created through the API.")
+SCANS_FINISHED = Counter(
+    f"{NS}_scans_finished",
+    "Scans that reached a terminal state, by status (succeeded, failed, cancelled, dead).",
+    ["status"],
+)
+SCANS_BY_STATUS = Gauge(
+    f"{NS}_scans_by_status",
+    "Scans queued or running, at the last outbox relay run (finished ones: scans_finished).",
+    ["status"],
+    multiprocess_mode="max",
+)
+SCAN_DISPATCH_LATENCY = Histogram(
+    f"{NS}_scan_dispatch_latency_seconds",
+    "Time from a scan attempt being queued (its COMMIT) to a worker starting it.",
+    buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+SCAN_DURATION = Histogram(
+    f"{NS}_scan_duration_seconds",
+    "Time a worker spent on one scan delivery.",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+)
+SCAN_REDELIVERIES = Counter(
+    f"{NS}_scan_redeliveries", "Scan messages started again for an attempt already started."
+)
+SCANS_DEAD = Counter(f"{NS}_scans_dead", "Scans sent to `dead` after the redelivery cap.")
+SCAN_NOOPS = Counter(
+    f"{NS}_scan_noops",
+    "Scan messages that did nothing, by reason (row_gone, stale_attempt, finished, taken).",
+    ["reason"],
+)
+SCANNER_FETCH_ERRORS = Counter(
+    f"{NS}_scanner_fetch_errors",
+    "Scanner fetches that failed, by class (dns, blocked, connect, timeout, tls, too_large, "
+    "redirects, protocol).",
+    ["error"],
+)
+SCANNER_BLOCKED = Counter(
+    f"{NS}_scanner_ssrf_blocked",
+    "Addresses the SSRF guard refused, by class (loopback, private, link_local, ...).",
+    ["reason"],
+)
+OUTBOX_SENT = Counter(f"{NS}_outbox_sent", "Outbox rows published, by sender (api, relay).", ["by"])
+OUTBOX_PUBLISH_FAILURES = Counter(
+    f"{NS}_outbox_publish_failures", "Outbox publishes that failed, by sender.", ["by"]
+)
+OUTBOX_BACKLOG = Gauge(
+    f"{NS}_outbox_backlog", "Unsent outbox rows, at the last relay run.", multiprocess_mode="max"
+)
+OUTBOX_OLDEST_AGE = Gauge(
+    f"{NS}_outbox_oldest_unsent_age_seconds",
+    "Age of the oldest unsent outbox row, at the last relay run.",
+    multiprocess_mode="max",
+)
+# --- scans (end) ------------------------------------------------------------------------------
+
+# --- beat (one process per replica; each replica exposes its own) ------------------------------
+BEAT_IS_LEADER = Gauge(
+    f"{NS}_beat_is_leader", "1 while this beat replica leads and may send, else 0.", ["election"]
+)
+BEAT_EPOCH = Gauge(
+    f"{NS}_beat_epoch", "Fencing epoch this replica leads with, or the last one it observed."
+)
+BEAT_TRANSITIONS = Counter(
+    f"{NS}_beat_transitions",
+    "Leadership transitions of this replica (acquired, released, lost, refused).",
+    ["event"],
+)
+BEAT_RENEWAL_AGE = Gauge(
+    f"{NS}_beat_last_renewal_age_seconds",
+    "Seconds since this leader's last successful lease renewal (0 on a standby).",
+)
+BEAT_SLOTS = Counter(
+    f"{NS}_beat_slots",
+    "Schedule slots by outcome: claimed, sent, skipped_duplicate, missed, send_failed, fenced.",
+    ["entry", "outcome"],
+)
+BEAT_TICK_LAG = Gauge(
+    f"{NS}_beat_tick_lag_seconds", "How late the leader's last tick started after it was due."
+)
+BEAT_SEND_LATENESS = Histogram(
+    f"{NS}_beat_send_lateness_seconds",
+    "Time from a slot's nominal due time to its send.",
+    ["entry"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 60, 300),
+)
+BEAT_LAST_TICK = Gauge(
+    f"{NS}_beat_last_tick_timestamp_seconds", "Unix time of the leader's last completed tick."
+)
+
 
 def multiprocess_enabled() -> bool:
     return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))

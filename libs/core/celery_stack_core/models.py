@@ -17,8 +17,9 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     func,
+    text,
 )
-from sqlalchemy.dialects.postgresql import UUID
+from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 NAMING = {
@@ -125,3 +126,88 @@ class CounterBatch(Base):
     applied_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, server_default=func.now(), index=True
     )
+
+
+# --- scans (begin) ----------------------------------------------------------------------------
+SCAN_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled", "dead")
+TERMINAL_STATUSES = ("succeeded", "failed", "cancelled", "dead")
+
+
+class Scan(Base):
+    """One requested domain scan (DESIGN "Scans"). `attempt` grows with each retry; the Celery
+    task id of an attempt is `scan-{id}-{attempt}`; `deliveries` counts the messages of the
+    current attempt that a worker started, to cap redeliveries."""
+
+    __tablename__ = "scans"
+    __table_args__ = (
+        CheckConstraint(
+            "status IN ('queued', 'running', 'succeeded', 'failed', 'cancelled', 'dead')",
+            name="status",
+        ),
+        UniqueConstraint("owner", "idempotency_key", name="uq_scans_owner_idempotency_key"),
+        Index("ix_scans_owner_created", "owner", "created_at", "id"),
+        Index("ix_scans_created", "created_at", "id"),
+        Index("ix_scans_status", "status"),
+    )
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    owner: Mapped[str] = mapped_column(Text, nullable=False)
+    domain: Mapped[str] = mapped_column(Text, nullable=False)
+    config: Mapped[dict[str, object]] = mapped_column(JSONB, nullable=False, server_default="{}")
+    status: Mapped[str] = mapped_column(Text, nullable=False, server_default="queued")
+    attempt: Mapped[int] = mapped_column(Integer, nullable=False, server_default="1")
+    deliveries: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    idempotency_key: Mapped[str | None] = mapped_column(Text, nullable=True)
+    worker: Mapped[str | None] = mapped_column(Text, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = _created()
+    queued_at: Mapped[datetime] = _created()
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class Finding(Base):
+    """What a scan found; unique per scan + key, so a redelivered scan cannot duplicate it."""
+
+    __tablename__ = "findings"
+    __table_args__ = (
+        UniqueConstraint("scan_id", "key", name="uq_findings_scan_key"),
+        CheckConstraint("severity IN ('info', 'low', 'medium', 'high')", name="severity"),
+    )
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    scan_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("scans.id", ondelete="CASCADE"), nullable=False
+    )
+    key: Mapped[str] = mapped_column(Text, nullable=False)
+    kind: Mapped[str] = mapped_column(Text, nullable=False)
+    severity: Mapped[str] = mapped_column(Text, nullable=False)
+    title: Mapped[str] = mapped_column(Text, nullable=False)
+    url: Mapped[str | None] = mapped_column(Text, nullable=True)
+    detail: Mapped[dict[str, object]] = mapped_column(JSONB, nullable=False, server_default="{}")
+    created_at: Mapped[datetime] = _created()
+
+
+class Outbox(Base):
+    """Messages committed with the rows they are about and published after COMMIT (DESIGN
+    "Scans"); the relay sends what a crash left unsent."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (
+        Index("ix_outbox_unsent", "created_at", postgresql_where=text("sent_at IS NULL")),
+    )
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    task_name: Mapped[str] = mapped_column(Text, nullable=False)
+    task_id: Mapped[str] = mapped_column(Text, nullable=False)
+    queue: Mapped[str] = mapped_column(Text, nullable=False)
+    args: Mapped[list[object]] = mapped_column(JSONB, nullable=False, server_default="[]")
+    kwargs: Mapped[dict[str, object]] = mapped_column(JSONB, nullable=False, server_default="{}")
+    trace_context: Mapped[dict[str, str]] = mapped_column(
+        JSONB, nullable=False, server_default="{}"
+    )
+    created_at: Mapped[datetime] = _created()
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+# --- scans (end) ------------------------------------------------------------------------------

@@ -33,6 +33,8 @@ def test_operating_contract_settings(app):
     assert c.task_ignore_result
     assert c.result_expires == 3600
     assert c.broker_transport_options["visibility_timeout"] == 3600
+    assert c.broker_transport_options["unacked_restore_throttle"] == 1
+    assert "health_check_interval" not in c.broker_transport_options
 
 
 def test_time_limits_per_queue(app):

@@ -6,6 +6,13 @@ from pydantic import ValidationError
 from celery_stack_core.config import DEV_ADMIN_TOKEN, Settings, hash_token
 
 
+@pytest.fixture(autouse=True)
+def _no_settings_env(monkeypatch):
+    """These tests read Settings from scratch: drop what the session's fixtures exported."""
+    for name in Settings.model_fields:
+        monkeypatch.delenv(name, raising=False)
+
+
 def test_defaults_run_locally_with_dev_tokens():
     s = Settings(_env_file=None)
     names = {t.name for t in s.API_TOKENS}

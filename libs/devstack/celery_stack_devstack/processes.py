@@ -34,24 +34,40 @@ def _with_env(proc: Proc, **env: str) -> Proc:
     return Proc(proc.name, proc.argv, {**proc.env, **env})
 
 
-def local_stack(run_dir: Path, api_port: int) -> list[Proc]:
+@dataclass(frozen=True)
+class Ports:
+    """Where the local stack listens: the API, the demo site, and metrics at base, base+1, ..."""
+
+    api: int = 8000
+    demo_site: int = 8081
+    metrics_base: int = 9808
+
+    def metrics(self, offset: int) -> int:
+        return self.metrics_base + offset
+
+
+def local_stack(run_dir: Path, ports: Ports) -> list[Proc]:
+    api_port = ports.api
     return [
         Proc(
             "api",
             [_bin("celery-stack-api"), "serve", "--host", "127.0.0.1", "--port", str(api_port)],
         ),
-        worker("worker-counters", "celery-stack-worker-counters", run_dir, 9808),
+        worker("worker-counters", "celery-stack-worker-counters", run_dir, ports.metrics(0)),
         # scans: the local demo site (demo.localtest -> 127.0.0.1) is the only private target
         # the scanner may reach; production leaves both settings empty.
         _with_env(
-            worker("worker-scans", "celery-stack-worker-scans", run_dir, 9809),
+            worker("worker-scans", "celery-stack-worker-scans", run_dir, ports.metrics(1)),
             SCANNER_ALLOW_PRIVATE_CIDRS="127.0.0.1/32",
             SCANNER_RESOLVE='{"demo.localtest": ["127.0.0.1"]}',
         ),
-        worker("worker-maintenance", "celery-stack-worker-maintenance", run_dir, 9812),
-        Proc("demo-site", [_bin("celery-stack-demo-site"), "--port", "8081", "--slow", "0.5"]),
-        beat("beat-1", run_dir, 9810),
-        beat("beat-2", run_dir, 9811),
+        worker("worker-maintenance", "celery-stack-worker-maintenance", run_dir, ports.metrics(4)),
+        Proc(
+            "demo-site",
+            [_bin("celery-stack-demo-site"), "--port", str(ports.demo_site), "--slow", "0.5"],
+        ),
+        beat("beat-1", run_dir, ports.metrics(2)),
+        beat("beat-2", run_dir, ports.metrics(3)),
     ]
 
 

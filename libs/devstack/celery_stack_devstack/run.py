@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 import subprocess
@@ -16,7 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from celery_stack_core.migrate import upgrade
-from celery_stack_devstack.processes import Proc, local_stack
+from celery_stack_devstack.processes import Ports, Proc, local_stack
 from celery_stack_devstack.servers import PostgresServer, RedisServer, free_port
 
 console = Console(highlight=False)
@@ -52,7 +53,8 @@ async def _ensure_database(url: str) -> None:
         await conn.close()
 
 
-def main(run_dir: Path = Path(".run"), api_port: int = 8000) -> int:
+def main(run_dir: Path = Path(".run"), ports: Ports | None = None) -> int:
+    ports = ports or Ports()
     run_dir = run_dir.resolve()
     run_dir.mkdir(exist_ok=True)
     env = dict(os.environ)
@@ -78,8 +80,9 @@ def main(run_dir: Path = Path(".run"), api_port: int = 8000) -> int:
         asyncio.run(_ensure_database(env["DATABASE_URL"]))
         upgrade(env["DATABASE_URL"])
         console.print("migrations applied")
-        api_port = _port(api_port)
-        for i, proc in enumerate(local_stack(run_dir, api_port)):
+        ports = dataclasses.replace(ports, api=_port(ports.api))
+        stack = local_stack(run_dir, ports)
+        for i, proc in enumerate(stack):
             p = subprocess.Popen(
                 proc.argv, env={**env, **proc.env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
             )
@@ -87,13 +90,20 @@ def main(run_dir: Path = Path(".run"), api_port: int = 8000) -> int:
             threading.Thread(
                 target=_pump, args=(proc.name, COLORS[i % len(COLORS)], p.stdout), daemon=True
             ).start()
+        lines = [f"  {'api':<20} http://127.0.0.1:{ports.api}  (docs /docs, metrics /metrics)"]
+        lines += [
+            f"  {p.name:<20} metrics http://127.0.0.1:{p.env['METRICS_PORT']}/metrics"
+            for p in stack
+            if "METRICS_PORT" in p.env
+        ]
+        lines.append(
+            f"  {'demo-site':<20} http://127.0.0.1:{ports.demo_site}/ (scan it as demo.localtest)"
+        )
         console.print(
-            f"\n[bold]celery-stack is running[/]\n"
-            f"  API        http://127.0.0.1:{api_port}   (docs: /docs, metrics: /metrics)\n"
-            f"  workers    metrics on http://127.0.0.1:9808/metrics (counters)\n"
-            f"  beat       metrics on http://127.0.0.1:9810/metrics\n"
-            f"  tokens     Bearer dev-user-token (user), dev-admin-token (admin)\n"
-            f"  Ctrl-C stops everything.\n"
+            "\n[bold]celery-stack is running[/]\n"
+            + "\n".join(lines)
+            + "\n  tokens: Bearer dev-user-token (user), dev-admin-token (admin)"
+            + "\n  Ctrl-C stops everything.\n"
         )
         while not stop.wait(0.5):
             for proc, p in children:

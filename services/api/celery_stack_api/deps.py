@@ -12,8 +12,11 @@ from celery_stack_api.state import AppState
 
 _bearer = HTTPBearer(auto_error=False)
 
+# The dependencies are `async def` although they never await: FastAPI runs a plain `def`
+# dependency in a worker thread, three thread hand-offs per request on the hot path.
 
-def get_state(request: Request) -> AppState:
+
+async def get_state(request: Request) -> AppState:
     state: AppState = request.app.state.app
     return state
 
@@ -21,7 +24,7 @@ def get_state(request: Request) -> AppState:
 StateDep = Annotated[AppState, Depends(get_state)]
 
 
-def _principal(
+async def _principal(
     state: StateDep, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> Principal:
     principal = state.tokens.lookup(creds.credentials) if creds else None
@@ -35,7 +38,7 @@ def _principal(
 
 
 def require(scope: str) -> object:
-    def check(principal: Annotated[Principal, Depends(_principal)]) -> Principal:
+    async def check(principal: Annotated[Principal, Depends(_principal)]) -> Principal:
         if scope not in principal.scopes:
             raise HTTPException(status.HTTP_403_FORBIDDEN, f"this token lacks the {scope!r} scope")
         return principal

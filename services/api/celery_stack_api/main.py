@@ -13,13 +13,16 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from celery_stack_api.auth import TokenTable
 from celery_stack_api.counting import NotFound, Unavailable
+from celery_stack_api.fastpath import ViewFastPath
 from celery_stack_api.limits import BodyLimit
-from celery_stack_api.routes import content, counters, health
+from celery_stack_api.routes import content, counters, health, scans
 from celery_stack_api.state import AppState
+from celery_stack_core import outbox
+from celery_stack_core.celery_app import make_celery
 from celery_stack_core.config import Settings, get_settings
 from celery_stack_core.db import make_engine
 from celery_stack_core.redis_client import make_async_redis
-from celery_stack_core.tracing import setup_tracing
+from celery_stack_core.tracing import flush_tracing, setup_tracing
 
 log = logging.getLogger(__name__)
 RETRY_AFTER = {"Retry-After": "5"}
@@ -35,13 +38,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             engine=make_engine(settings),
             redis=make_async_redis(settings),
             tokens=TokenTable(settings),
+            celery=outbox.fail_fast(make_celery(settings, "celery_stack_api")),
         )
         app.state.app = state
         try:
             yield
         finally:
             await state.redis.aclose()
+            if state.celery is not None:
+                state.celery.close()
             await state.engine.dispose()
+            flush_tracing()
 
     app = FastAPI(
         title="celery-stack",
@@ -53,6 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(counters.router)
     app.include_router(content.router)
+    app.include_router(scans.router)
 
     @app.exception_handler(NotFound)
     async def _not_found(request: Request, exc: NotFound) -> JSONResponse:
@@ -79,4 +87,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
         FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,readyz,metrics")
+    else:
+        # The view ingest hot path without FastAPI's per-request cost (see fastpath.py).
+        app.add_middleware(ViewFastPath, api=app)
     return app

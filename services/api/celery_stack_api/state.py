@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 from cachetools import TTLCache
+from celery import Celery
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from celery_stack_api.auth import TokenTable
@@ -18,6 +19,8 @@ class AppState:
     engine: AsyncEngine
     redis: aioredis.Redis
     tokens: TokenTable
+    # Producer for the outbox publish after COMMIT (scans); made in the lifespan.
+    celery: Celery | None = None
     # (target, id) known to exist: view ingest skips the database for these.
     known_ids: TTLCache[tuple[str, int], bool] = field(init=False)
 

@@ -1,12 +1,24 @@
-"""Every periodic job, in one place: task, interval, catch-up policy."""
+"""Every periodic job, in one place: task (its queue follows from the name), interval or
+crontab, catch-up policy after downtime, and optional time limits.
+
+    Entry("counters-flush", "counters.flush", 2.0)                      # every 2 s, skip
+    Entry("reports", "maintenance.reports", cron="0 3 * * *", catch_up="once")
+
+Slots are nominal due times: multiples of `every` since the Unix epoch, or the crontab's
+times in UTC. A slot's id (entry + due time) is the task id, so a duplicate is visible.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Literal
 
-from celery_stack_core.config import Settings
+from celery_stack_core.celery_app import queue_of
+from celery_stack_core.config import Queue, Settings
 
+# After downtime: "skip" drops missed slots (sends one only if it is at most BEAT_SKIP_GRACE
+# late), "once" sends the newest missed slot once, "all" sends every missed slot (bounded by
+# BEAT_CATCHUP_MAX).
 CatchUp = Literal["skip", "once", "all"]
 
 
@@ -14,8 +26,22 @@ CatchUp = Literal["skip", "once", "all"]
 class Entry:
     name: str
     task: str  # routed to its queue by name prefix (celery_stack_core.celery_app)
-    every: float  # seconds
+    every: float = 0.0  # seconds; or set `cron`
     catch_up: CatchUp = "skip"
+    cron: str | None = None  # five-field crontab, UTC
+    soft_time_limit: float | None = None  # override the queue's limits for this job
+    time_limit: float | None = None
+
+    def __post_init__(self) -> None:
+        if (self.every > 0) == (self.cron is not None):
+            raise ValueError(f"entry {self.name!r}: set exactly one of every > 0 or cron")
+        if ":" in self.name or not self.name:
+            raise ValueError(f"entry name {self.name!r} must be non-empty and contain no ':'")
+        queue_of(self.task)  # refuses a task no queue consumes
+
+    @property
+    def queue(self) -> Queue:
+        return queue_of(self.task)
 
 
 def schedule(settings: Settings) -> list[Entry]:
@@ -23,4 +49,5 @@ def schedule(settings: Settings) -> list[Entry]:
         Entry("counters-flush", "counters.flush", settings.COUNTER_FLUSH_INTERVAL),
         Entry("counters-recount", "counters.recount", settings.RECOUNT_INTERVAL),
         Entry("counters-reconcile", "counters.reconcile", settings.RECONCILE_INTERVAL, "once"),
+        Entry("outbox-relay", "maintenance.outbox_relay", settings.OUTBOX_RELAY_INTERVAL),
     ]

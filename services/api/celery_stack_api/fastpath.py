@@ -1,0 +1,166 @@
+"""The view ingest hot path without FastAPI's per-request machinery (bench/bench_ingest.py).
+
+`POST /api/v1/{posts|articles}/{id}/views` is the busiest endpoint by far. FastAPI's routing,
+dependency solving and response validation cost about twice what the view itself costs
+(one Lua HINCRBY), so this ASGI middleware answers the plain, valid case directly:
+
+- canonical path and id (1 .. 2**63-1, no leading zeros), no query string;
+- a bearer token with the `user` scope;
+- no body, or a small `application/json` body `{}` / `{"viewer_id": "<1..128 chars>"}`;
+- an id already in the existence cache (so no database read is needed).
+
+It then calls the same `counting.record_view` as the route and answers exactly what the
+route answers (202 `{"accepted":true,"path":...}`); an exception goes to the app's own
+exception handlers, so errors are the route's errors. Anything else - a bad or missing token,
+an unknown or uncached id, any other body - is passed on untouched (the body replayed) to
+FastAPI, which answers it as before (401/403/404/413/422 ...). The route stays in the app and
+in the OpenAPI docs; with tracing on, this path is not installed, so every view gets its span.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import orjson
+from fastapi import FastAPI
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from celery_stack_api import counting
+from celery_stack_api.state import AppState
+from celery_stack_core.targets import TARGETS_BY_URL, TargetType
+
+_PATH = re.compile(r"/api/v1/(posts|articles)/([1-9][0-9]{0,18})/views")
+_MAX_ID = 2**63 - 1
+_MAX_BODY = 1024  # larger bodies (even valid ones) take the FastAPI path
+_HEADERS = [(b"content-type", b"application/json")]
+
+
+class ViewFastPath:
+    def __init__(self, app: ASGIApp, api: FastAPI) -> None:
+        self.app = app
+        self.api = api  # its state (set in the lifespan) and its exception handlers
+        self.targets: dict[str, TargetType] = {
+            url: TARGETS_BY_URL[url].type
+            for url in ("posts", "articles")
+            if "views" in TARGETS_BY_URL[url].buffered
+        }
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["query_string"]:
+            await self.app(scope, receive, send)
+            return
+        m = _PATH.fullmatch(scope["path"])
+        target = self.targets.get(m.group(1)) if m else None
+        if m is None or target is None:
+            await self.app(scope, receive, send)
+            return
+        target_id = int(m.group(2))
+        state: AppState | None = getattr(self.api.state, "app", None)
+        token = length = ctype = None
+        chunked = False
+        for name, value in scope["headers"]:  # the first of each, as Starlette's headers.get
+            if name == b"authorization":
+                token = value if token is None else token
+            elif name == b"content-length":
+                length = value if length is None else length
+            elif name == b"content-type":
+                ctype = value if ctype is None else ctype
+            elif name == b"transfer-encoding":
+                chunked = True
+        if (
+            state is None
+            or target_id > _MAX_ID
+            or chunked
+            or not _authorized(state, token)
+            or (target, target_id) not in state.known_ids
+        ):
+            await self.app(scope, receive, send)
+            return
+        body = b""
+        if length != b"0":
+            if length is not None and (not length.isdigit() or int(length) > _MAX_BODY):
+                await self.app(scope, receive, send)
+                return
+            body = await _read_body(receive)
+        viewer = _viewer(body) if not body or ctype == b"application/json" else False
+        if viewer is False:
+            await self.app(scope, _replay(body, receive), send)
+            return
+        try:
+            path = await counting.record_view(state, target, target_id, viewer)
+        except Exception as exc:
+            handler = _handler(self.api, exc)
+            if handler is None:
+                raise
+            response = await handler(Request(scope), exc)
+            await response(scope, receive, send)
+            return
+        payload = b'{"accepted":true,"path":"' + path.encode() + b'"}'
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 202,
+                "headers": [*_HEADERS, (b"content-length", str(len(payload)).encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": payload})
+
+
+def _authorized(state: AppState, header: bytes | None) -> bool:
+    if header is None or header[:7] != b"Bearer ":
+        return False
+    principal = state.tokens.lookup(header[7:].decode("latin-1"))
+    return principal is not None and "user" in principal.scopes
+
+
+def _viewer(body: bytes) -> str | bool | None:
+    """The viewer id of a body the route would accept as is; False when FastAPI must judge."""
+    if not body:
+        return None
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return False
+    if not isinstance(data, dict) or set(data) - {"viewer_id"}:
+        return False
+    viewer = data.get("viewer_id")
+    if viewer is None:
+        return None
+    if isinstance(viewer, str) and 1 <= len(viewer) <= 128:
+        return viewer
+    return False
+
+
+async def _read_body(receive: Receive) -> bytes:
+    """The whole body; the server holds it to its Content-Length (at most _MAX_BODY)."""
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+def _handler(api: FastAPI, exc: Exception) -> Any:
+    for cls in type(exc).__mro__:
+        if cls in api.exception_handlers:
+            return api.exception_handlers[cls]
+    return None

@@ -1,0 +1,115 @@
+"""The Redis side of the contract, on real Redis: the lease with its epoch, compare-and-extend,
+compare-and-delete, and slot claims fenced by the epoch."""
+
+from __future__ import annotations
+
+import asyncio
+
+import redis.asyncio as aioredis
+
+from celery_stack_beat import election, fencing
+from celery_stack_beat.election import Leadership, Outcome, Timing
+from celery_stack_beat.election_redis import RedisLease
+from celery_stack_beat.fencing import Claim
+from celery_stack_core import keys
+from celery_stack_core.config import Settings
+from celery_stack_core.redis_client import make_async_redis
+
+T = Timing(lease=2.0, deadline=1.2, retry=0.2)
+
+
+async def claim(redis: aioredis.Redis, epoch: int, due: int, mode: str = "send") -> Claim:
+    return await fencing.claim(
+        redis, epoch=epoch, entry="e", due_ms=due, ttl_ms=60_000, holder="h", mode=mode
+    )
+
+
+async def test_lease_is_exclusive_and_each_acquisition_gets_a_new_epoch(redis) -> None:
+    a, b = RedisLease(redis, "a", T), RedisLease(redis, "b", T)
+    assert await a.try_acquire() == 1
+    assert await b.try_acquire() is None
+    assert await a.renew() is True
+    assert await b.renew() is False  # b never held it: compare-and-extend refuses
+    await b.release()  # not b's: compare-and-delete leaves it
+    assert await a.holder() == "a"
+    await a.release()
+    assert await b.try_acquire() == 2
+    assert await fencing.current_epoch(redis) == 2
+
+
+async def test_expired_lease_is_taken_over_and_the_old_holder_cannot_renew(redis) -> None:
+    a, b = RedisLease(redis, "a", T), RedisLease(redis, "b", T)
+    assert await a.try_acquire() == 1
+    await redis.pexpire(keys.BEAT_LEASE, 1)  # as if a had been paused past its lease
+    await asyncio.sleep(0.01)
+    assert await b.try_acquire() == 2
+    assert await a.renew() is False
+    await a.release()
+    assert await b.holder() == "b"
+
+
+async def test_claim_is_fenced_by_epoch_and_once_per_slot(redis) -> None:
+    a, b = RedisLease(redis, "a", T), RedisLease(redis, "b", T)
+    assert await a.try_acquire() == 1
+    assert await claim(redis, 1, 0, "init") is Claim.CLAIMED
+    assert await claim(redis, 1, 0, "init") is Claim.DUPLICATE  # history starts once
+    assert await claim(redis, 1, 1000) is Claim.CLAIMED
+    assert await claim(redis, 1, 1000) is Claim.DUPLICATE
+    assert await fencing.last_runs(redis) == {"e": 1000}
+    # A takeover: the old leader (epoch 1) is refused everything, even a new slot.
+    await a.release()
+    assert await b.try_acquire() == 2
+    assert await claim(redis, 1, 2000) is Claim.STALE
+    assert await claim(redis, 2, 1000) is Claim.DUPLICATE  # already sent by epoch 1
+    assert await claim(redis, 2, 500) is Claim.DUPLICATE  # older than last-run
+    assert await claim(redis, 2, 2000) is Claim.CLAIMED
+    assert await redis.pttl(keys.beat_slot("e", 2000)) > 0, "slot keys carry a TTL"
+
+
+async def test_raise_epoch_never_goes_down(redis) -> None:
+    assert await fencing.raise_epoch(redis, 5) is True
+    assert await fencing.raise_epoch(redis, 4) is False
+    assert await fencing.current_epoch(redis) == 5
+    assert await claim(redis, 4, 1000) is Claim.STALE
+    assert await claim(redis, 5, 1000) is Claim.CLAIMED
+
+
+async def test_hold_gives_up_at_the_renew_deadline_when_redis_is_unreachable(redis) -> None:
+    """Renewals that cannot reach Redis: the leader stops sending at the deadline, before its
+    lease could expire for a standby, measured on the monotonic clock."""
+    lease = RedisLease(redis, "a", T)
+    assert await lease.try_acquire() == 1
+    dead = make_async_redis(Settings(ENVIRONMENT="test", REDIS_URL="redis://127.0.0.1:1/0"))
+    lease.redis = dead
+    leadership = Leadership(epoch=1, renewed_at=election.clock.now(), deadline=T.deadline)
+    assert leadership.may_send()
+    outcome = await election.hold(lease, leadership, T, asyncio.Event())
+    assert outcome is Outcome.DEADLINE
+    assert not leadership.may_send()
+    # The lease was still valid in Redis when the leader gave up: no overlap with a successor.
+    assert await redis.pttl(keys.BEAT_LEASE) > 0
+    await dead.aclose()
+
+
+async def test_hold_reports_loss_when_someone_else_holds_the_lease(redis) -> None:
+    a = RedisLease(redis, "a", T)
+    assert await a.try_acquire() == 1
+    await redis.delete(keys.BEAT_LEASE)
+    b = RedisLease(redis, "b", T)
+    assert await b.try_acquire() == 2
+    leadership = Leadership(epoch=1, renewed_at=election.clock.now(), deadline=T.deadline)
+    assert await election.hold(a, leadership, T, asyncio.Event()) is Outcome.LOST
+    assert not leadership.may_send()
+
+
+async def test_release_wakes_a_waiting_standby(redis) -> None:
+    """SIGTERM handover: the release is announced, so a standby does not sleep out its retry."""
+    a, b = RedisLease(redis, "a", T), RedisLease(redis, "b", T)
+    assert await a.try_acquire() == 1
+    waiting = asyncio.create_task(b.wait(60))
+    await asyncio.sleep(0.2)  # b is subscribed
+    assert not waiting.done()
+    await a.release()
+    await asyncio.wait_for(waiting, timeout=10)  # long before its 60 s
+    assert await b.try_acquire() == 2
+    await b.close()

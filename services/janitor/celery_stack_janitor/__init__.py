@@ -1,0 +1,1 @@
+"""janitor: the maintenance queue's tasks (outbox relay) and, later, the sweeps."""

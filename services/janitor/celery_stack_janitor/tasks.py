@@ -1,0 +1,25 @@
+"""Celery tasks of the maintenance queue: thin shells."""
+
+from __future__ import annotations
+
+from celery_stack_core import aio, connections
+from celery_stack_core.celery_app import make_celery
+from celery_stack_core.config import get_settings
+from celery_stack_core.worker import install_hooks
+from celery_stack_janitor.relay import relay_all
+
+settings = get_settings()
+app = make_celery(settings, "celery_stack_janitor")
+install_hooks(app, settings, "worker-maintenance")
+
+
+@app.task(name="maintenance.outbox_relay")
+def outbox_relay() -> int:
+    return aio.run(
+        relay_all(
+            connections.engine(),
+            app,
+            batch_size=settings.OUTBOX_RELAY_BATCH,
+            min_age=settings.OUTBOX_RELAY_MIN_AGE,
+        )
+    )

@@ -1,0 +1,1 @@
+"""worker-scans: runs domain scans from the `scans` queue with an SSRF-safe scanner."""
