@@ -43,54 +43,50 @@ def _created() -> Mapped[datetime]:
     return mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
 
 
-class Post(Base):
+class _Content:
+    """A counted thing: posts and articles have the same columns."""
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    author_id: Mapped[str] = mapped_column(Text, nullable=False)
+    title: Mapped[str] = mapped_column(Text, nullable=False)
+    created_at: Mapped[datetime] = _created()
+    views: Mapped[int] = _count()
+    likes: Mapped[int] = _count()
+    collects: Mapped[int] = _count()
+    shares: Mapped[int] = _count()
+    comments: Mapped[int] = _count()
+
+
+class _Comment:
+    """A comment on a counted thing; its parent's column is declared by the subclass."""
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    author_id: Mapped[str] = mapped_column(Text, nullable=False)
+    body: Mapped[str] = mapped_column(Text, nullable=False)
+    created_at: Mapped[datetime] = _created()
+    likes: Mapped[int] = _count()
+
+
+class Post(_Content, Base):
     __tablename__ = "posts"
-    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
-    author_id: Mapped[str] = mapped_column(Text, nullable=False)
-    title: Mapped[str] = mapped_column(Text, nullable=False)
-    created_at: Mapped[datetime] = _created()
-    views: Mapped[int] = _count()
-    likes: Mapped[int] = _count()
-    collects: Mapped[int] = _count()
-    shares: Mapped[int] = _count()
-    comments: Mapped[int] = _count()
 
 
-class Article(Base):
+class Article(_Content, Base):
     __tablename__ = "articles"
-    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
-    author_id: Mapped[str] = mapped_column(Text, nullable=False)
-    title: Mapped[str] = mapped_column(Text, nullable=False)
-    created_at: Mapped[datetime] = _created()
-    views: Mapped[int] = _count()
-    likes: Mapped[int] = _count()
-    collects: Mapped[int] = _count()
-    shares: Mapped[int] = _count()
-    comments: Mapped[int] = _count()
 
 
-class PostComment(Base):
+class PostComment(_Comment, Base):
     __tablename__ = "post_comments"
-    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
     post_id: Mapped[int] = mapped_column(
         BigInteger, ForeignKey("posts.id", ondelete="CASCADE"), nullable=False, index=True
     )
-    author_id: Mapped[str] = mapped_column(Text, nullable=False)
-    body: Mapped[str] = mapped_column(Text, nullable=False)
-    created_at: Mapped[datetime] = _created()
-    likes: Mapped[int] = _count()
 
 
-class ArticleComment(Base):
+class ArticleComment(_Comment, Base):
     __tablename__ = "article_comments"
-    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
     article_id: Mapped[int] = mapped_column(
         BigInteger, ForeignKey("articles.id", ondelete="CASCADE"), nullable=False, index=True
     )
-    author_id: Mapped[str] = mapped_column(Text, nullable=False)
-    body: Mapped[str] = mapped_column(Text, nullable=False)
-    created_at: Mapped[datetime] = _created()
-    likes: Mapped[int] = _count()
 
 
 class UserAction(Base):
