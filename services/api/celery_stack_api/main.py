@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 RETRY_AFTER = {"Retry-After": "5"}
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, view_fast_path: bool = True) -> FastAPI:
+    """The app. `view_fast_path=False` leaves every view to the FastAPI route (tests compare)."""
     settings = settings or get_settings()
 
     @contextlib.asynccontextmanager
@@ -87,7 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
         FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,readyz,metrics")
-    else:
+    elif view_fast_path:
         # The view ingest hot path without FastAPI's per-request cost (see fastpath.py).
         app.add_middleware(ViewFastPath, api=app)
     return app

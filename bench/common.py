@@ -1,0 +1,292 @@
+"""What every benchmark shares: throwaway servers, settings for child processes, tables, timing.
+
+`BenchEnv` is the contract between `python -m bench` and each `bench/bench_<name>.py`:
+a module exposes `run(env: BenchEnv) -> dict[str, float]`, prints its own table (ours vs
+naive, ratio) and returns its figures. The servers are our own, started for this run only:
+
+- PostgreSQL with `fsync=on` and `synchronous_commit=on` (what production runs: a commit is
+  on disk when it returns, so "durably applied" means what it says);
+- Redis with AOF and `appendfsync always`, as DESIGN "Counters" requires of the counters Redis
+  (every acknowledged increment is on disk before its reply).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import os
+import secrets
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+@dataclass
+class BenchEnv:
+    database_url: str  # postgresql+asyncpg://... of a fresh, migrated database
+    redis_url: str  # redis://... of our own Redis (AOF, appendfsync always)
+    python: str  # the venv's python
+    work_dir: Path  # scratch space for logs and data of this run
+    _stop: list[Callable[[], None]] = field(default_factory=list, repr=False)
+
+    # --- settings ------------------------------------------------------------------------------
+    def settings(self, **overrides: Any) -> Any:
+        """Settings for code running in this process (ENVIRONMENT=test: dev tokens accepted)."""
+        from celery_stack_core.config import Settings
+
+        base: dict[str, Any] = {
+            "ENVIRONMENT": "test",
+            "DATABASE_URL": self.database_url,
+            "REDIS_URL": self.redis_url,
+            "METRICS_PORT": 0,
+            "LOG_LEVEL": "WARNING",
+        }
+        base.update(overrides)
+        return Settings(**base)
+
+    def child_env(self, **overrides: Any) -> dict[str, str]:
+        """Environment that makes a child process (a console script of the venv) use `settings`."""
+        out = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "PROMETHEUS"))}
+        for key, value in self.settings(**overrides).model_dump(mode="json").items():
+            if key == "API_TOKENS":
+                out[key] = json.dumps(value)
+            elif value is not None and value != "":
+                out[key] = str(value)
+        return out
+
+    def bin(self, name: str) -> str:
+        """A console script of the venv (celery-stack-api, celery-stack-worker-counters, ...)."""
+        return str(Path(self.python).parent / name)
+
+    # --- processes -----------------------------------------------------------------------------
+    def start(self, name: str, argv: Sequence[str], env: dict[str, str]) -> Proc:
+        """Start a child in its own session (its whole tree is stopped with it), log to a file."""
+        log = self.work_dir / f"{name}-{secrets.token_hex(3)}.log"
+        with open(log, "wb") as out:
+            popen = subprocess.Popen(
+                list(argv),
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                cwd=self.work_dir,
+            )
+        proc = Proc(name, popen, log)
+        self._stop.append(proc.stop)
+        return proc
+
+    # --- data ----------------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Empty Redis and every table but alembic's, so each bench starts from nothing."""
+        asyncio.run(self._reset())
+
+    async def _reset(self) -> None:
+        import asyncpg
+        import redis.asyncio as aioredis
+
+        r = aioredis.Redis.from_url(self.redis_url)
+        await r.flushdb()
+        await r.aclose()
+        conn = await asyncpg.connect(pg_dsn(self.database_url))
+        try:
+            tables = [
+                row["tablename"]
+                for row in await conn.fetch(
+                    "SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
+                    "AND tablename <> 'alembic_version'"
+                )
+            ]
+            if tables:
+                await conn.execute(
+                    f"TRUNCATE {', '.join(map(quote_ident, tables))} RESTART IDENTITY CASCADE"
+                )
+            await conn.execute("VACUUM ANALYZE")
+        finally:
+            await conn.close()
+
+    def close(self) -> None:
+        while self._stop:
+            with contextlib.suppress(Exception):
+                self._stop.pop()()
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def stop(self, timeout: float = 30) -> None:
+        if self.popen.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.popen.pid, signal.SIGTERM)
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, signal.SIGKILL)
+            self.popen.wait()
+
+
+def quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def pg_dsn(url: str) -> str:
+    """The asyncpg/libpq form of a SQLAlchemy URL."""
+    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
+@contextlib.contextmanager
+def bench_env() -> Iterator[BenchEnv]:
+    """Start PostgreSQL and Redis for this run, make and migrate a fresh database."""
+    from celery_stack_core.migrate import upgrade
+    from celery_stack_devstack.servers import PostgresServer, RedisServer
+
+    work = Path(tempfile.mkdtemp(prefix="celery-stack-bench-"))
+    os.chmod(work, 0o755)
+    pg = PostgresServer(work / "pg", fsync=True)
+    rd = RedisServer(work / "redis", appendfsync="always")
+    env: BenchEnv | None = None
+    try:
+        pg.start()
+        rd.start()
+        db_url = pg.create_database("cs_bench")
+        upgrade(db_url)
+        env = BenchEnv(db_url, rd.url, sys.executable, work)
+        yield env
+    finally:
+        if env is not None:
+            env.close()
+        rd.stop()
+        pg.stop("fast")
+        shutil.rmtree(work, ignore_errors=True)
+
+
+# --- helpers for bench modules ------------------------------------------------------------------
+def wait_for(check: Callable[[], bool], timeout: float, what: str, interval: float = 0.05) -> float:
+    """Poll until `check()`; returns the seconds it took. Raises on timeout."""
+    start = time.monotonic()
+    while True:
+        try:
+            if check():
+                return time.monotonic() - start
+        except Exception:
+            pass
+        if time.monotonic() - start > timeout:
+            raise TimeoutError(f"{what} not reached in {timeout}s")
+        time.sleep(interval)
+
+
+def http_ok(url: str) -> bool:
+    with urllib.request.urlopen(url, timeout=2) as resp:
+        return bool(resp.status == 200)
+
+
+def tree_memory(pid: int) -> dict[str, float]:
+    """RSS, PSS and USS in MB of a process and all its descendants, summed over the tree.
+
+    RSS summed over a prefork tree counts pages shared by fork (copy-on-write) once per
+    process, so it overstates the real footprint; PSS splits shared pages between sharers
+    and sums to what the tree really costs; USS is what killing the tree would free.
+    """
+    root = psutil.Process(pid)
+    procs = [root, *root.children(recursive=True)]
+    rss = pss = uss = largest = 0
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            info = p.memory_full_info()
+            rss += info.rss
+            pss += getattr(info, "pss", 0)
+            uss += getattr(info, "uss", 0)
+            largest = max(largest, info.rss)
+    mb = 1024 * 1024
+    return {
+        "processes": len(procs),
+        "rss": rss / mb,
+        "pss": pss / mb,
+        "uss": uss / mb,
+        "largest_rss": largest / mb,
+    }
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    k = max(0, min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1))))
+    return ordered[k]
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def fmt(value: Any) -> str:
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "-"
+        if abs(value) >= 1000:
+            return f"{value:,.0f}"
+        if abs(value) >= 10:
+            return f"{value:.1f}"
+        return f"{value:.2f}"
+    return str(value)
+
+
+def table(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [list(header), *[[fmt(c) for c in row] for row in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = [title, "-" * len(title)]
+    for n, row in enumerate(cells):
+        lines.append(
+            "  ".join(
+                c.ljust(w) if i == 0 else c.rjust(w)
+                for i, (c, w) in enumerate(zip(row, widths, strict=True))
+            )
+        )
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "MISSED"
+
+
+def machine() -> dict[str, Any]:
+    freq = psutil.cpu_freq()
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_mhz": round(freq.current) if freq else None,
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": sys.version.split()[0],
+        "load_1m": round(os.getloadavg()[0], 2),
+    }
