@@ -44,3 +44,17 @@ async def test_upgrade_from_empty_database(settings):
     assert await current_revision(url) == head_revision()
     await asyncio.to_thread(upgrade, url)
     assert await current_revision(url) == head_revision()
+
+
+async def test_counted_tables_leave_room_for_hot_updates(engine):
+    from sqlalchemy import text
+
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            text(
+                "SELECT relname, reloptions FROM pg_class WHERE relname = ANY(:t) ORDER BY relname"
+            ),
+            {"t": ["posts", "articles", "post_comments", "article_comments"]},
+        )
+        options = {r[0]: r[1] for r in rows}
+    assert options == dict.fromkeys(options, ["fillfactor=80"]) and len(options) == 4
