@@ -28,6 +28,7 @@ from chartlib import (
 
 FULL = f"{RELEASE}-celery-stack"
 QUEUES = ("counters", "scans", "maintenance")
+FLOWER_ON = {"flower": {"enabled": True, "basicAuthSecret": "flower-auth"}}
 ENTRYPOINTS = {
     "celery-stack-api",
     "celery-stack-worker-counters",
@@ -352,14 +353,35 @@ class TestBeat:
         assert d["spec"]["strategy"]["type"] == "RollingUpdate"
         assert d["spec"]["strategy"]["rollingUpdate"]["maxSurge"] == 0
         c = container(d, "beat")
-        assert c["command"] == ["celery-stack-beat", "run"]
+        # a leader that loses the Lease re-execs as a fresh standby instead of exiting 3 into
+        # CrashLoopBackOff (both pods during an API-server outage = no scheduler for minutes)
+        assert c["command"] == ["celery-stack-beat", "run", "--restart-on-loss"]
         env = env_of(c)
         assert env["BEAT_ELECTION"] == "kubernetes"
         assert env["BEAT_LEASE_NAME"] == f"{FULL}-beat"
         assert env["POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
         assert env["POD_UID"] == {"fieldRef": {"fieldPath": "metadata.uid"}}
-        assert jmespath.search("livenessProbe.exec.command", c) == ["celery-stack-beat", "alive"]
-        assert jmespath.search("readinessProbe.exec.command", c) == ["celery-stack-beat", "status"]
+
+    def test_probes_are_http_on_the_metrics_port_without_redis(self):
+        docs = render_chart({"metrics": {"port": 9900}})
+        c = container(one(docs, "Deployment", f"{FULL}-beat"), "beat")
+        # beat serves /healthz on METRICS_PORT: the probe's named port must be that port
+        assert {p["name"]: p["containerPort"] for p in c["ports"]}["metrics"] == 9900
+        assert config(docs)["METRICS_PORT"] == "9900"
+        # liveness = the leader ticks (standby: campaigns), served by the process itself:
+        # no Python process per period, no Redis read
+        http = {"path": "/healthz", "port": "metrics"}
+        assert c["livenessProbe"]["httpGet"] == http
+        assert "exec" not in c["livenessProbe"]
+        # readiness: the same endpoint, so a Redis blip cannot make both replicas NotReady
+        assert c["readinessProbe"]["httpGet"] == http
+        assert "exec" not in c["readinessProbe"]
+        c = container(
+            one(render_chart({"beat": {"readinessProbe": False}}), "Deployment", f"{FULL}-beat"),
+            "beat",
+        )
+        assert "readinessProbe" not in c
+        assert c["livenessProbe"]["httpGet"] == http
 
     def test_one_replica_uses_recreate(self):
         d = one(render_chart({"beat": {"replicas": 1}}), "Deployment", f"{FULL}-beat")
@@ -391,7 +413,7 @@ class TestBeat:
         assert env["BEAT_LEASE_NAME"] == "my-beat"
 
     def test_only_beat_mounts_a_service_account_token(self):
-        docs = render_chart({"flower": {"enabled": True}})
+        docs = render_chart(FLOWER_ON)
         for name, spec in pod_specs(docs):
             expected = name == f"Deployment/{FULL}-beat"
             assert spec["automountServiceAccountToken"] is expected, name
@@ -437,7 +459,7 @@ class TestMigrations:
 
     def test_every_pod_that_needs_the_schema_waits_for_it(self):
         docs = render_chart()
-        needing = [f"{FULL}-api", f"{FULL}-beat", *(f"{FULL}-worker-{q}" for q in QUEUES)]
+        needing = [f"{FULL}-api", *(f"{FULL}-worker-{q}" for q in QUEUES)]
         for name in needing:
             init = one(docs, "Deployment", name)["spec"]["template"]["spec"]["initContainers"]
             assert [c["name"] for c in init] == ["wait-for-migrations"]
@@ -449,6 +471,12 @@ class TestMigrations:
             "celery-stack-migrate"
             in one(docs, "ConfigMap", f"{FULL}-scripts")["data"]["wait_for_migrations.py"]
         )
+
+    def test_beat_never_waits_for_migrations(self):
+        # beat never uses PostgreSQL: a failed migration must not stop the scheduler
+        for values in ({}, {"migrations": {"useHelmHooks": False}}):
+            spec = one(render_chart(values), "Deployment", f"{FULL}-beat")["spec"]["template"]
+            assert "initContainers" not in spec["spec"]
 
     def test_no_wait_when_turned_off(self):
         docs = render_chart({"migrations": {"waitForMigrations": False}})
@@ -510,7 +538,7 @@ class TestSecrets:
 class TestSecurity:
     @pytest.mark.parametrize(
         "values",
-        [{}, {"flower": {"enabled": True}}, {"migrations": {"useHelmHooks": False}}],
+        [{}, FLOWER_ON, {"migrations": {"useHelmHooks": False}}],
         ids=["defaults", "flower", "plain-job"],
     )
     def test_every_container_is_locked_down(self, values):
@@ -537,7 +565,7 @@ class TestSecurity:
         assert seen >= 10
 
     def test_every_command_is_exec_form_without_a_shell(self):
-        for name, spec in pod_specs(render_chart({"flower": {"enabled": True}})):
+        for name, spec in pod_specs(render_chart(FLOWER_ON)):
             for c in containers(spec):
                 cmd = c["command"]
                 assert isinstance(cmd, list)
@@ -623,10 +651,22 @@ class TestNetworkPolicy:
         beat = pols[f"{FULL}-beat"]
         assert beat["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "beat"
         assert [p["port"] for p in beat["spec"]["egress"][0]["ports"]] == [443, 6443]
+        # no kubeAPIServerCIDRs: those ports to any address (the documented default)
+        assert "to" not in beat["spec"]["egress"][0]
         for name, pol in pols.items():
             if name != f"{FULL}-beat":
                 ports = jmespath.search("spec.egress[].ports[].port", pol) or []
                 assert 6443 not in ports, name
+
+    def test_kubernetes_api_egress_narrowed_to_its_cidrs(self):
+        cidrs = ["172.20.0.1/32", "10.0.0.0/28"]
+        beat = self.policies({"networkPolicy": {"kubeAPIServerCIDRs": cidrs}})[f"{FULL}-beat"]
+        assert beat["spec"]["egress"] == [
+            {
+                "ports": [{"port": 443, "protocol": "TCP"}, {"port": 6443, "protocol": "TCP"}],
+                "to": [{"ipBlock": {"cidr": c}} for c in cidrs],
+            }
+        ]
 
     def test_metrics_ingress_for_workers_and_beat(self):
         pol = self.policies()[f"{FULL}-metrics"]
@@ -751,6 +791,13 @@ class TestFlower:
         assert env["FLOWER_BASIC_AUTH"]["secretKeyRef"]["name"] == "fa"
         assert one(docs, "Service", f"{FULL}-flower")
         assert one(docs, "NetworkPolicy", f"{FULL}-flower")
+
+    def test_refuses_to_render_without_basic_auth(self):
+        # every pod of the namespace may reach Flower, which has no auth of its own
+        err = render_error({"flower": {"enabled": True}})
+        assert "flower.basicAuthSecret" in err and "FLOWER_BASIC_AUTH" in err
+        err = render_error({"flower": {"enabled": True}, "networkPolicy": {"enabled": False}})
+        assert "flower.basicAuthSecret" in err
 
 
 class TestHelmTestPod:
