@@ -21,4 +21,20 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     if _runner is None or _pid != os.getpid():
         _runner = asyncio.Runner()  # a forked child never reuses its parent's loop
         _pid = os.getpid()
-    return _runner.run(coro)
+    try:
+        return _runner.run(coro)
+    except BaseException:
+        _cancel_leftover(_runner, coro)
+        raise
+
+
+def _cancel_leftover(runner: asyncio.Runner, coro: Coroutine[Any, Any, Any]) -> None:
+    """An exception raised into the loop from outside (a signal handler: Celery's soft time
+    limit) leaves `coro`'s task pending; it would resume inside the next run(). Cancel it and
+    let it unwind (its finally blocks run) before the caller goes on."""
+    loop = runner.get_loop()
+    left = [t for t in asyncio.all_tasks(loop) if t.get_coro() is coro and not t.done()]
+    for task in left:
+        task.cancel()
+    if left:
+        loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))

@@ -201,7 +201,9 @@ class Settings(BaseSettings):
     OUTBOX_RELAY_INTERVAL: float = Field(default=2.0, gt=0)
     # Outbox rows younger than this are left to the API that wrote them (it publishes right
     # after COMMIT); older unsent rows are what a crash or a broker outage left: the relay's.
-    OUTBOX_RELAY_MIN_AGE: float = Field(default=3.0, ge=0)
+    # Kept above the broker publish socket timeout (5 s, celery_app.py) so a slow publish by
+    # the API is not sent a second time by the relay.
+    OUTBOX_RELAY_MIN_AGE: float = Field(default=10.0, ge=0)
     # Rows the relay locks (FOR UPDATE SKIP LOCKED) and sends per batch.
     OUTBOX_RELAY_BATCH: int = Field(default=500, ge=1, le=10_000)
 

@@ -76,6 +76,8 @@ BEAT_EPOCH = (
     f"{PREFIX}:{{beat}}:epoch"  # fencing epoch: INCR on acquisition / raised to the Lease's
 )
 BEAT_LAST = f"{PREFIX}:{{beat}}:last"  # hash entry -> nominal due (ms) of its last claimed slot
+# zset: task id of each claimed slot not yet handed to the broker -> claim time (Redis ms)
+BEAT_PENDING = f"{PREFIX}:{{beat}}:pending"
 BEAT_LEADER = f"{PREFIX}:{{beat}}:leader"  # who leads (any backend), for status and standbys
 BEAT_RELEASED = f"{PREFIX}:{{beat}}:released"  # pub/sub: the Redis lease was just released
 

@@ -151,7 +151,8 @@ BEAT_RENEWAL_AGE = Gauge(
 )
 BEAT_SLOTS = Counter(
     f"{NS}_beat_slots",
-    "Schedule slots by outcome: claimed, sent, skipped_duplicate, missed, send_failed, fenced.",
+    "Schedule slots by outcome: claimed, sent, resent (claimed earlier, left unsent), "
+    "skipped_duplicate, missed, send_failed, fenced.",
     ["entry", "outcome"],
 )
 BEAT_TICK_LAG = Gauge(

@@ -87,6 +87,15 @@ class ScanConfig(BaseModel):
     check_http: bool = Field(default=True, description="Also fetch over plain HTTP.")
     content_rules: list[ContentRule] = Field(default_factory=list, max_length=20)
 
+    @field_validator("content_rules")
+    @classmethod
+    def _unique_names(cls, rules: list[ContentRule]) -> list[ContentRule]:
+        # A finding's key is derived from its rule's name: duplicates would collide.
+        names = [r.name for r in rules]
+        if len(set(names)) != len(names):
+            raise ValueError("content rule names must be unique")
+        return rules
+
 
 def task_id(scan_id: str, attempt: int) -> str:
     """The Celery task id of one attempt: every message and result key maps back to its row."""

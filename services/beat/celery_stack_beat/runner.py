@@ -5,6 +5,10 @@ Before every claim and again before every send, the local gate (Leadership.may_s
 if the last successful renewal is older than the renew deadline: a leader that was paused
 (SIGSTOP, a long GC, a frozen VM) sends nothing when it wakes, even before it learns that its
 lease is gone; and the claim script refuses it anyway once a newer epoch exists.
+
+A claimed slot stays pending in Redis until it was handed to the broker: at every tick (the
+first one right after acquisition) the leader resends, with the same task id, the pending slots
+a crash, a pause, the local gate or a broker error left unsent.
 """
 
 from __future__ import annotations
@@ -23,18 +27,21 @@ from celery_stack_beat import clock, fencing, slots
 from celery_stack_beat.election import Leadership
 from celery_stack_beat.fencing import Claim
 from celery_stack_beat.schedule import Entry
-from celery_stack_core import metrics
+from celery_stack_core import keys, metrics
 from celery_stack_core.config import Settings
 
 log = logging.getLogger(__name__)
 
-# A claimed slot whose send failed (broker down) is retried on later ticks for this long.
+# A claimed slot left unsent (broker down, claimer crashed) is resent for this long after its
+# claim, then given up.
 SEND_RETRY_WINDOW_MS = 60_000
+# ... but only once its claim is this old: its claimer is not still in the middle of sending it.
+PENDING_GRACE_MS = 2_000
 
 
 def slot_id(entry: Entry, due_ms: int) -> str:
     """Task id from entry + nominal due time: a duplicate send is visible downstream."""
-    return f"beat:{entry.name}:{due_ms}"
+    return fencing.task_id(entry.name, due_ms)
 
 
 def send_slot(app: Celery, entry: Entry, due_ms: int, epoch: int) -> None:
@@ -99,7 +106,8 @@ class Ticker:
     replica: Replica
     settings: Settings
     send: Callable[[Entry, int, int], Awaitable[None]]
-    pending: dict[tuple[str, int], Entry] = field(default_factory=dict)
+    pending_grace_ms: int = PENDING_GRACE_MS
+    inflight: set[asyncio.Future[None]] = field(default_factory=set)
 
     def _ttl_ms(self, entry: Entry) -> int:
         span = entry.every * 3 if entry.cron is None else 0
@@ -125,35 +133,73 @@ class Ticker:
             )
         return got
 
+    async def _send_and_clear(self, entry: Entry, due_ms: int) -> None:
+        await self.send(entry, due_ms, self.leadership.epoch)
+        await fencing.sent(self.redis, entry.name, due_ms)
+
     async def _send(self, entry: Entry, due_ms: int) -> bool:
         if not self.leadership.may_send():
             return False
+        # Shielded: a send that reached the broker is also cleared from pending even if the
+        # tick is cancelled (SIGTERM), so the next leader does not send it again.
+        fut = asyncio.ensure_future(self._send_and_clear(entry, due_ms))
+        self.inflight.add(fut)
+        fut.add_done_callback(self.inflight.discard)
         try:
-            await self.send(entry, due_ms, self.leadership.epoch)
+            await asyncio.shield(fut)
         except Exception as exc:
             metrics.BEAT_SLOTS.labels(entry.name, "send_failed").inc()
             log.warning(
-                "could not send a claimed slot; retrying",
+                "could not send a claimed slot; it stays pending and is retried",
                 extra={"entry": entry.name, "due_ms": due_ms, "error": repr(exc)},
             )
-            self.pending[(entry.name, due_ms)] = entry
             return False
-        self.pending.pop((entry.name, due_ms), None)
         metrics.BEAT_SLOTS.labels(entry.name, "sent").inc()
         metrics.BEAT_SEND_LATENESS.labels(entry.name).observe(
             max(0.0, (clock.wall_ms() - due_ms) / 1000)
         )
         return True
 
+    async def _resend_pending(self) -> bool:
+        """Resend claimed slots nobody sent; False if this tick must stop (fenced, gate, error)."""
+        if not self.leadership.may_send():
+            return False
+        got = await fencing.pending_due(
+            self.redis,
+            epoch=self.leadership.epoch,
+            grace_ms=self.pending_grace_ms,
+            window_ms=SEND_RETRY_WINDOW_MS,
+        )
+        if got is None:
+            self.leadership.lost = True
+            metrics.BEAT_SLOTS.labels("", "fenced").inc()
+            log.error("fenced: a newer epoch exists", extra={"epoch": self.leadership.epoch})
+            return False
+        expired, due = got
+        for tid in expired:
+            name, due_ms = fencing.parse_task_id(tid) or (tid, 0)
+            metrics.BEAT_SLOTS.labels(name, "missed").inc()
+            log.error("gave up sending a claimed slot", extra={"entry": name, "due": due_ms})
+        by_name = {e.name: e for e in self.entries}
+        for tid in due:
+            parsed = fencing.parse_task_id(tid)
+            entry = by_name.get(parsed[0]) if parsed else None
+            if parsed is None or entry is None:  # the entry left the schedule: nothing to run
+                await self.redis.zrem(keys.BEAT_PENDING, tid)
+                continue
+            log.warning(
+                "resending a claimed slot that was not sent",
+                extra={"entry": entry.name, "due_ms": parsed[1], "task_id": tid},
+            )
+            if not await self._send(entry, parsed[1]):
+                return False
+            metrics.BEAT_SLOTS.labels(entry.name, "resent").inc()
+        return True
+
     async def tick(self) -> None:
+        if not await self._resend_pending():
+            return
         now_ms = clock.wall_ms()
-        for (name, due_ms), entry in list(self.pending.items()):
-            if now_ms - due_ms > SEND_RETRY_WINDOW_MS:
-                self.pending.pop((name, due_ms))
-                metrics.BEAT_SLOTS.labels(name, "missed").inc()
-                log.error("gave up sending a claimed slot", extra={"entry": name, "due": due_ms})
-            elif not await self._send(entry, due_ms):
-                return
         last = await fencing.last_runs(self.redis)
         for entry in self.entries:
             if not self.leadership.may_send():
@@ -194,10 +240,9 @@ class Ticker:
                         metrics.BEAT_SLOTS.labels(entry.name, "coalesced").inc(p.coalesced)
                 sent = sending and await self._send(entry, due_ms)
                 if sending and not sent and not self.leadership.may_send():
-                    # Claimed but not sent: no later leader resends it (it is last-run now).
-                    metrics.BEAT_SLOTS.labels(entry.name, "missed").inc()
+                    # Claimed but not sent: it stays pending, the next leader resends it.
                     log.warning(
-                        "local gate: renewal too old, not sending a claimed slot",
+                        "local gate: renewal too old, leaving a claimed slot pending",
                         extra={"entry": entry.name, "due_ms": due_ms},
                     )
                     return
@@ -215,9 +260,11 @@ class Ticker:
                 await self.tick()
             except Exception as exc:  # Redis or broker hiccup: the next tick tries again
                 log.warning("beat tick failed", extra={"error": repr(exc)})
+            else:
+                # Only a completed tick is progress: a leader whose ticks all fail is not alive.
+                self.replica.progressed()
+                metrics.BEAT_LAST_TICK.set_to_current_time()
             if self.leadership.lost:
                 return
-            self.replica.progressed()
-            metrics.BEAT_LAST_TICK.set_to_current_time()
             planned = max(planned + tick, clock.now())
             await asyncio.sleep(max(0.0, planned - clock.now()))

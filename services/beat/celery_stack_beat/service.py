@@ -166,8 +166,9 @@ async def _lead(
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        if inflight:
-            await asyncio.wait(inflight, timeout=10)
+        # The ticker's sends include clearing the slot from pending once the broker has it.
+        if inflight or ticker.inflight:
+            await asyncio.wait(inflight | ticker.inflight, timeout=10)
         if stop.is_set() and not leadership.lost:
             with contextlib.suppress(Exception):
                 await publisher.clear()

@@ -14,7 +14,8 @@ from cronsim import CronSim
 
 from celery_stack_beat.schedule import Entry
 
-# A crontab walk never lists more than this many slots (a "* * * * *" entry down for a week).
+# A crontab walk never counts more than this many slots (a "* * * * *" entry down for a week):
+# the missed/coalesced counts are then a lower bound.
 _CRON_WALK_MAX = 10_000
 
 
@@ -57,14 +58,15 @@ def due_between(entry: Entry, after_ms: int, upto_ms: int, keep: int) -> tuple[l
         total = max(0, last - first + 1)
         lo = max(first, last - keep + 1)
         return [k * step for k in range(lo, last + 1)], total
+    # Walk back from upto: the newest slots are the ones kept, however long the downtime.
     out: list[int] = []
-    for dt in CronSim(entry.cron, _dt(after_ms).replace(microsecond=0)):
+    for dt in CronSim(entry.cron, _dt(upto_ms + 1000).replace(microsecond=0), reverse=True):
         ms = _ms(dt)
-        if ms > upto_ms or len(out) >= _CRON_WALK_MAX:
+        if ms <= after_ms or len(out) >= _CRON_WALK_MAX:
             break
-        if ms > after_ms:
+        if ms <= upto_ms:
             out.append(ms)
-    return out[-keep:], len(out)
+    return out[:keep][::-1], len(out)
 
 
 @dataclass

@@ -66,12 +66,57 @@ async def test_claim_is_fenced_by_epoch_and_once_per_slot(redis) -> None:
     assert await redis.pttl(keys.beat_slot("e", 2000)) > 0, "slot keys carry a TTL"
 
 
+async def test_claimed_slots_stay_pending_until_sent_and_only_the_current_epoch_resends(
+    redis,
+) -> None:
+    a = RedisLease(redis, "a", T)
+    assert await a.try_acquire() == 1
+    assert await claim(redis, 1, 1000) is Claim.CLAIMED
+    assert await claim(redis, 1, 2000, "skip") is Claim.CLAIMED  # nothing to send: not pending
+    assert await fencing.pending_due(redis, epoch=1, grace_ms=0, window_ms=60_000) == (
+        [],
+        ["beat:e:1000"],
+    )
+    # Within the grace its claimer may still be sending it: not yet due for a resend.
+    assert await fencing.pending_due(redis, epoch=1, grace_ms=60_000, window_ms=120_000) == (
+        [],
+        [],
+    )
+    await a.release()
+    assert await RedisLease(redis, "b", T).try_acquire() == 2
+    assert await fencing.pending_due(redis, epoch=1, grace_ms=0, window_ms=60_000) is None
+    assert await fencing.pending_due(redis, epoch=2, grace_ms=0, window_ms=60_000) == (
+        [],
+        ["beat:e:1000"],
+    )
+    await fencing.sent(redis, "e", 1000)
+    assert await fencing.pending_due(redis, epoch=2, grace_ms=0, window_ms=60_000) == ([], [])
+    # Past the retry window (counted from the claim) a pending slot is given up and removed.
+    assert await claim(redis, 2, 3000) is Claim.CLAIMED
+    claimed_at = await redis.zscore(keys.BEAT_PENDING, "beat:e:3000")
+    await redis.zadd(keys.BEAT_PENDING, {"beat:e:3000": claimed_at - 61_000})
+    assert await fencing.pending_due(redis, epoch=2, grace_ms=0, window_ms=60_000) == (
+        ["beat:e:3000"],
+        [],
+    )
+    assert await redis.zcard(keys.BEAT_PENDING) == 0
+
+
 async def test_raise_epoch_never_goes_down(redis) -> None:
     assert await fencing.raise_epoch(redis, 5) is True
     assert await fencing.raise_epoch(redis, 4) is False
     assert await fencing.current_epoch(redis) == 5
     assert await claim(redis, 4, 1000) is Claim.STALE
     assert await claim(redis, 5, 1000) is Claim.CLAIMED
+
+
+async def test_raise_epoch_refuses_an_epoch_already_current(redis) -> None:
+    """Two Lease holders that computed the same epoch (the Lease deleted and recreated between
+    their reads): only the first may make it current; the second is fenced, never shares it."""
+    assert await fencing.raise_epoch(redis, 7) is True
+    assert await fencing.raise_epoch(redis, 7) is False
+    assert await fencing.current_epoch(redis) == 7
+    assert await fencing.raise_epoch(redis, 8) is True
 
 
 async def test_hold_gives_up_at_the_renew_deadline_when_redis_is_unreachable(redis) -> None:

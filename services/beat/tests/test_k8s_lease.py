@@ -212,31 +212,49 @@ async def test_stale_resource_version_conflicts_and_the_loser_knows(kube, candid
     conflicts = kube.conflicts
     assert await a.renew() is False
     assert kube.conflicts == conflicts + 1
-    # b's cached view is stale too: its takeover PUT must also be refused, never overwrite.
-    b._observed_at -= 10  # b has watched the (old) record unchanged for long enough
-    b._observed_rv = kube.leases[("beat-test", "beat")]["metadata"]["resourceVersion"]
-    with kube.lock:
-        obj = kube.leases[("beat-test", "beat")]
-        kube.store("beat-test", "beat", obj, "update")  # bumps rv behind b's back
-    stale = await b._get()
-    assert stale is not None
-    stale["metadata"]["resourceVersion"] = "1"
-    assert await b._replace(stale) is None
     assert kube.spec()["holderIdentity"] == "intruder"
 
 
-async def test_takeover_only_after_the_lease_expires_by_the_standbys_clock(kube, candidates, redis):
+async def test_takeover_from_a_stale_snapshot_is_refused(kube, candidates, redis):
+    """A standby decides to take over on a snapshot read before someone else wrote the Lease:
+    its PUT carries the snapshot's resourceVersion, so KubeLease gets 409 and reports no
+    leadership, and the other writer keeps the Lease."""
     a, b = candidates("a"), candidates("b")
     assert await a.try_acquire() == 1
+    assert await b.try_acquire() is None  # b starts watching a's record
+    snapshot = await b._get()
+    assert snapshot is not None
+    with kube.lock:  # the intruder takes the Lease after b's read
+        obj = kube.leases[("beat-test", "beat")]
+        obj["spec"]["holderIdentity"] = "intruder"
+        kube.store("beat-test", "beat", obj, "update")
+    b._observed_at -= 10  # b has watched a's record unchanged for longer than its duration
+
+    async def stale_get() -> dict[str, Any]:
+        return copy.deepcopy(snapshot)
+
+    b._get = stale_get  # type: ignore[method-assign]
+    conflicts = kube.conflicts
     assert await b.try_acquire() is None
-    await asyncio.sleep(0.5)
+    assert kube.conflicts == conflicts + 1, "b's takeover PUT reached the server and was refused"
+    assert kube.spec()["holderIdentity"] == "intruder"
+    assert await b.renew() is False  # b holds nothing
+
+
+async def test_takeover_only_after_the_lease_expires_by_the_standbys_clock(kube, candidates, redis):
+    # A 3 s lease and sleeps of half of it: a stalled test machine cannot flip the outcome.
+    slow = Timing(lease=3.0, deadline=2.1, retry=0.6)
+    a, b = candidates("a", slow), candidates("b", slow)
+    assert await a.try_acquire() == 1
+    assert await b.try_acquire() is None
+    await asyncio.sleep(1.5)
     assert await a.renew() is True  # the record changes: b's watch restarts
-    await asyncio.sleep(0.6)
-    # 1.1 s since a acquired, but b saw the record change only now: its watch restarts here.
+    await asyncio.sleep(1.5)
+    # 3 s since a acquired, but b saw the record change only now: its watch restarts here.
     assert await b.try_acquire() is None
-    await asyncio.sleep(0.6)
-    assert await b.try_acquire() is None  # unchanged for 0.6 s of b's clock: not expired
-    await asyncio.sleep(0.5)
+    await asyncio.sleep(1.5)
+    assert await b.try_acquire() is None  # unchanged for 1.5 s of b's clock: not expired
+    await asyncio.sleep(2.0)
     assert await b.try_acquire() == 2  # unchanged for > leaseDurationSeconds: expired
     assert kube.spec()["holderIdentity"] == "b" and kube.spec()["leaseTransitions"] == 2
     assert await a.renew() is False

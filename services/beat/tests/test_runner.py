@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from celery_stack_beat import clock, fencing
 from celery_stack_beat.election import Leadership, Timing
 from celery_stack_beat.election_redis import RedisLease
+from celery_stack_beat.fencing import Claim
 from celery_stack_beat.runner import Replica, Ticker, slot_id
 from celery_stack_beat.schedule import Entry
 from celery_stack_core import keys
@@ -121,3 +124,101 @@ async def test_heartbeat_is_proof_of_ticking_not_of_renewing(redis, settings, tm
     ticker.leadership.renewed_at = clock.now()  # renewals still succeed
     assert ticker.replica.progress_age() > 0.6
     task.cancel()
+
+
+async def test_heartbeat_is_not_touched_when_ticks_fail(redis, settings, tmp_path):
+    """Liveness: a leader whose every tick raises (Redis unreachable, say) is not alive."""
+    await lead(redis)
+    e = Entry("fast", "maintenance.x", 1.0, "all")
+    ticker, _ = make_ticker(redis, settings.model_copy(update={"BEAT_TICK": 0.05}), [e], tmp_path)
+    ticks = 0
+
+    async def broken() -> None:
+        nonlocal ticks
+        ticks += 1
+        raise ConnectionError("redis down")
+
+    ticker.tick = broken  # type: ignore[method-assign]
+    before = ticker.replica.progress_at
+    task = asyncio.create_task(ticker.run())
+    while ticks < 5:
+        await asyncio.sleep(0.05)
+    task.cancel()
+    assert ticker.replica.progress_at == before
+    assert not (tmp_path / "alive").exists()
+
+
+async def _wait_claimed(redis, entry: str, due_ms: int) -> None:
+    for _ in range(200):
+        if (await fencing.last_runs(redis)).get(entry) == due_ms:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the slot was never claimed")
+
+
+@pytest.mark.parametrize("failure", ["crash", "gate", "broker"])
+async def test_a_claimed_slot_left_unsent_is_resent_by_the_next_leader(
+    redis, settings, tmp_path, failure: str
+):
+    """Leader 1 claims a slot (last-run moves past it) but does not send it: it dies between
+    claim and send (kill -9), its local gate refuses after the claim, or the broker is down
+    when leadership changes. Leader 2 resends it with the same task id, once, after the grace;
+    leader 1, fenced, resends nothing."""
+    a = RedisLease(redis, "a", T)
+    epoch1 = await a.try_acquire()
+    assert epoch1 is not None
+    e = Entry("hourly", "maintenance.x", 3600.0, "all")
+    hour = (clock.wall_ms() // 3_600_000) * 3_600_000
+    await redis.hset(keys.BEAT_LAST, "hourly", hour - 3_600_000)  # this hour's slot is due
+    lead1 = Leadership(epoch=epoch1, renewed_at=clock.now(), deadline=T.deadline)
+    t1, sent1 = make_ticker(redis, settings, [e], tmp_path, lead1)
+    if failure == "crash":
+
+        async def hang(entry: Entry, due_ms: int, epoch: int) -> None:
+            await asyncio.Event().wait()
+
+        t1.send = hang
+        task = asyncio.create_task(t1.tick())
+        await _wait_claimed(redis, "hourly", hour)
+        await asyncio.sleep(0.1)
+        for fut in [task, *getattr(t1, "inflight", ())]:  # the process dies: nothing survives
+            fut.cancel()
+    elif failure == "gate":
+        claim = t1._claim
+
+        async def claim_then_pause(entry: Entry, due_ms: int, mode: str) -> Claim:
+            got = await claim(entry, due_ms, mode)
+            lead1.renewed_at -= 10  # paused right after the claim: the gate now refuses
+            return got
+
+        t1._claim = claim_then_pause  # type: ignore[method-assign]
+        await t1.tick()
+    else:
+
+        async def down(entry: Entry, due_ms: int, epoch: int) -> None:
+            raise ConnectionError("broker down")
+
+        t1.send = down
+        await t1.tick()
+    assert sent1 == []
+    assert (await fencing.last_runs(redis))["hourly"] == hour, "claimed: last-run moved past it"
+    await redis.delete(keys.BEAT_LEASE)  # leader 1 is gone; leader 2 takes over
+    epoch2 = await RedisLease(redis, "b", T).try_acquire()
+    assert epoch2 is not None and epoch2 > epoch1
+    lead2 = Leadership(epoch=epoch2, renewed_at=clock.now(), deadline=T.deadline)
+    t2, sent2 = make_ticker(redis, settings, [e], tmp_path, lead2)
+    t2.pending_grace_ms = 60_000  # claimed just now: its claimer might still be sending it
+    await t2.tick()
+    assert sent2 == []
+    t2.pending_grace_ms = 0
+    await t2.tick()
+    assert sent2 == [f"beat:hourly:{hour}"], "resent with the slot's own task id"
+    await t2.tick()
+    assert sent2 == [f"beat:hourly:{hour}"], "sent once: no longer pending"
+    # The superseded leader, resumed and working again, resends nothing.
+    await redis.hset(keys.BEAT_LAST, "hourly", hour - 3_600_000)
+    t1.send = t2.send
+    t1.pending_grace_ms = 0
+    lead1.renewed_at = clock.now()
+    await t1.tick()
+    assert sent2 == [f"beat:hourly:{hour}"] and lead1.lost

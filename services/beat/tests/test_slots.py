@@ -81,3 +81,20 @@ def test_beat_timing_is_validated() -> None:
         Settings(ENVIRONMENT="test", BEAT_RETRY_PERIOD=12)
     with pytest.raises(ValueError, match="BEAT_TICK"):
         Settings(ENVIRONMENT="test", BEAT_TICK=11)
+
+
+def test_cron_catch_up_after_long_downtime_keeps_the_newest_slots() -> None:
+    """A "* * * * *" entry down for 8 days (more slots than the walk bound): "once" sends the
+    current slot only, and "all" sends the newest BEAT_CATCHUP_MAX, ending at the current one."""
+    now = 1_700_000_100_000 + 20 * S  # 20 s past a minute
+    current = now - 20 * S
+    last = current - 8 * 86_400 * S
+    once = Entry("o", "maintenance.x", cron="* * * * *", catch_up="once")
+    p = slots.plan(once, last, now, skip_grace_ms=5 * S, catchup_max=100)
+    assert p.send == [current]
+    every = Entry("a", "maintenance.x", cron="* * * * *", catch_up="all")
+    p = slots.plan(every, last, now, skip_grace_ms=5 * S, catchup_max=100)
+    assert p.send == [current - k * 60 * S for k in range(99, -1, -1)]
+    # The next tick, a minute later, sends one slot: the catch-up does not continue.
+    p = slots.plan(every, p.send[-1], now + 60 * S, skip_grace_ms=5 * S, catchup_max=100)
+    assert p.send == [current + 60 * S] and p.missed == 0
