@@ -455,6 +455,35 @@ async def test_handler_that_kills_its_worker_ends_dead_after_the_cap(
     assert w.proc.poll() is None
 
 
+@pytest.mark.chaos
+async def test_scan_whose_finish_keeps_failing_is_redelivered_and_ends_terminal(
+    start_service, api, clean_db, site, scan_env, tmp_path
+):
+    """run_scan raising (here: finish gives up) must not ack the message away and leave the row
+    'running' forever: the message comes back, and the delivery cap ends it, once."""
+    resolve = {**json.loads(scan_env["SCANNER_RESOLVE"]), "finfail.site.test": ["127.0.0.1"]}
+    start_worker(
+        start_service,
+        {**scan_env, "SCANNER_RESOLVE": json.dumps(resolve)},
+        tmp_path,
+        "w1",
+        script="scans_worker_finish_fails.py",
+        SCAN_MAX_DELIVERIES="2",
+    )
+    r = await api.post(
+        "/api/v1/scans", json={"domain": "finfail.site.test", "config": config(site, **FAST)}
+    )
+    sid = r.json()["id"]
+    done = await wait_terminal(clean_db, [sid], timeout=90)
+    assert done[sid].status == "dead" and done[sid].deliveries == 3
+    await asyncio.sleep(2)
+    again = (await rows(clean_db, [sid]))[sid]
+    assert again.status == "dead" and again.deliveries == 3
+    # the worker still finishes other scans normally
+    ok = await create_scan(api, site, FAST)
+    assert (await wait_terminal(clean_db, [ok], timeout=60))[ok].status == "succeeded"
+
+
 # --- rows deleted under the worker ----------------------------------------------------------------
 def scrape(port):
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:

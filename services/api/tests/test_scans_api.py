@@ -84,6 +84,8 @@ async def test_invalid_domains_are_422_with_a_clear_message(api, clean_db, domai
         {"content_rules": [{"name": "x", "regex": "("}]},
         {"content_rules": [{"name": "x"}]},
         {"content_rules": [{"name": "x", "keyword": "a", "regex": "a"}]},
+        # finding keys are derived from the rule name: two rules of one name would collide
+        {"content_rules": [{"name": "x", "keyword": "a"}, {"name": "x", "regex": "b"}]},
     ],
 )
 async def test_invalid_config_is_422(api, clean_db, config):
@@ -135,6 +137,28 @@ async def test_cursor_pagination_and_status_filter(api, clean_db):
     assert [s["id"] for s in cancelled] == [ids[0]]
     assert (await api.get("/api/v1/scans", params={"status": "bogus"})).status_code == 422
     assert (await api.get("/api/v1/scans", params={"cursor": "!!"})).status_code == 422
+
+
+def _cursor(value):
+    import base64
+
+    return base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        ["2024-01-01T00:00:00+00:00", 5],  # id not a string
+        [5, "00000000-0000-0000-0000-000000000000"],  # timestamp not a string
+        ["0001-01-01T00:00:00+00:00", "00000000-0000-0000-0000-000000000000"],  # out of range
+        ["9999-12-31T23:59:59", "00000000-0000-0000-0000-000000000000"],  # no time zone
+        {"a": 1},
+        ["2024-01-01T00:00:00+00:00"],
+    ],
+)
+async def test_crafted_cursors_are_422(api, clean_db, value):
+    r = await api.get("/api/v1/scans", params={"cursor": _cursor(value)})
+    assert r.status_code == 422, r.text
 
 
 async def test_cancel_retry_delete(api, clean_db, redis):

@@ -107,3 +107,15 @@ async def test_backlog_gauges_show_what_is_waiting(settings, clean_db, redis):
     assert metrics.OUTBOX_BACKLOG._value.get() == 4
     assert metrics.OUTBOX_OLDEST_AGE._value.get() >= 0.3
     assert metrics.SCANS_BY_STATUS.labels("queued")._value.get() == 0
+
+
+def test_relay_min_age_default_exceeds_the_broker_publish_timeout():
+    """A publish by the API may block up to the broker socket timeout after COMMIT; a relay that
+    took the row earlier would send it a second time."""
+    from celery_stack_core.config import Settings
+
+    defaults = Settings.model_fields
+    min_age = defaults["OUTBOX_RELAY_MIN_AGE"].default
+    app = make_celery(Settings())
+    opts = app.conf.broker_transport_options
+    assert min_age > max(opts["socket_timeout"], opts["socket_connect_timeout"])

@@ -10,9 +10,12 @@ from __future__ import annotations
 import hashlib
 import html
 import re
+import time
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urljoin, urlsplit, urlunsplit
+
+import regex
 
 from celery_stack_core.scan_spec import ContentRule
 from celery_stack_scans.fetch import Page
@@ -197,18 +200,46 @@ def page_text(page: Page) -> str:
     return html.unescape(_TAG.sub(" ", _SCRIPT_STYLE.sub(" ", page.text)))
 
 
+# Seconds one user regex may search one page, and all of a page's regexes together. The scan
+# runs in the event loop, so a backtracking pattern over site-controlled text would otherwise
+# stall it (and the heartbeat) for hours: the `regex` package can stop a search, the standard
+# `re` cannot. Its timeout is checked coarsely (overshoots seen up to ~4x): hence the budget.
+REGEX_TIMEOUT = 0.25
+PAGE_REGEX_BUDGET = 2.0
+
+
+def _rule_error(page: Page, rule: ContentRule, exc: Exception) -> Finding:
+    what = "timed out" if isinstance(exc, TimeoutError) else f"failed: {exc}"
+    return finding(
+        "content_rule_error",
+        "info",
+        f"Content rule {rule.name!r} could not be evaluated",
+        url=page.url,
+        ident=rule.name,
+        detail={"rule": rule.name, "error": what[:200]},
+    )
+
+
 def content_findings(page: Page, rules: list[ContentRule]) -> list[Finding]:
     if not rules:
         return []
     text = page_text(page)
     lowered = text.lower()
     out: list[Finding] = []
+    budget_ends = time.monotonic() + PAGE_REGEX_BUDGET
     for rule in rules:
         if rule.keyword is not None:
             at = lowered.find(rule.keyword.lower())
             hit = (at, at + len(rule.keyword)) if at >= 0 else None
         else:
-            m = re.search(rule.regex or "", text)
+            left = budget_ends - time.monotonic()
+            try:
+                if left <= 0:
+                    raise TimeoutError("page regex budget spent")
+                m = regex.search(rule.regex or "", text, timeout=min(REGEX_TIMEOUT, left))
+            except (TimeoutError, regex.error) as exc:
+                out.append(_rule_error(page, rule, exc))
+                continue
             hit = m.span() if m else None
         if hit is None:
             continue
@@ -233,15 +264,27 @@ def page_findings(page: Page, rules: list[ContentRule]) -> list[Finding]:
 _HREF = re.compile(r"<a\b[^>]*?\bhref\s*=\s*[\"']?([^\"'\s>]+)", re.IGNORECASE)
 
 
+# A crawl visits at most SCANNER_MAX_PAGES (<= 200) pages: more links per page are never used.
+MAX_LINKS_PER_PAGE = 500
+
+
 def same_origin_links(page: Page) -> list[str]:
+    """Distinct same-origin links in page order, at most MAX_LINKS_PER_PAGE; malformed ones
+    (a bad IPv6 literal, say) are the site's problem and skipped."""
     if not page.is_html:
         return []
     base = origin(page.url)
-    out: list[str] = []
+    out: dict[str, None] = {}  # insertion-ordered set: a list made this quadratic
     for match in _HREF.finditer(page.text):
-        link = urljoin(page.url, html.unescape(match.group(1)))
-        parts = urlsplit(link)
-        link = urlunsplit((parts.scheme, parts.netloc, parts.path or "/", parts.query, ""))
-        if origin(link) == base and link not in out:
-            out.append(link)
-    return out
+        try:
+            link = urljoin(page.url, html.unescape(match.group(1)))
+            parts = urlsplit(link)
+            link = urlunsplit((parts.scheme, parts.netloc, parts.path or "/", parts.query, ""))
+            same = origin(link) == base
+        except ValueError:
+            continue
+        if same:
+            out[link] = None
+            if len(out) >= MAX_LINKS_PER_PAGE:
+                break
+    return list(out)

@@ -32,12 +32,16 @@ class SiteOptions:
     slow: float = 2.0
     pages: int = 5
     headers: dict[str, str] = field(default_factory=lambda: {"Server": "DemoServer/1.2.3"})
+    index_extra: str = ""  # HTML appended to `/` (tests: odd links)
+    https_root_redirect: str = ""  # `/` over HTTPS redirects here (tests: a refused target)
+    keep_alive: bool = False  # HTTP/1.1 persistent connections (tests: connection reuse)
 
 
 def handler_for(opts: SiteOptions) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "DemoServer/1.2.3"
         sys_version = ""
+        protocol_version = "HTTP/1.1" if opts.keep_alive else "HTTP/1.0"
 
         def log_message(self, format: str, *args: object) -> None:
             return  # quiet
@@ -53,8 +57,15 @@ def handler_for(opts: SiteOptions) -> type[BaseHTTPRequestHandler]:
 
         def do_GET(self) -> None:
             url = urlsplit(self.path)
-            if url.path == "/":
-                self._send(200, INDEX, {"Set-Cookie": "session=abc123; Path=/"})
+            if (
+                url.path == "/"
+                and opts.https_root_redirect
+                and isinstance(self.connection, ssl.SSLSocket)
+            ):
+                self._send(302, b"", {"Location": opts.https_root_redirect})
+            elif url.path == "/":
+                body = INDEX + opts.index_extra.encode()
+                self._send(200, body, {"Set-Cookie": "session=abc123; Path=/"})
             elif url.path == "/about":
                 self._send(200, ABOUT)
             elif url.path == "/slow":

@@ -110,19 +110,28 @@ class Fetcher:
 
     def __init__(self, opts: FetchOptions) -> None:
         self.opts = opts
-        self.client = httpx.AsyncClient(
-            verify=ssl_context(opts.ca_bundle),
-            follow_redirects=False,
-            trust_env=False,
-            timeout=httpx.Timeout(opts.timeout),
-            headers={"User-Agent": opts.user_agent, "Accept": "text/html,*/*;q=0.5"},
-        )
+        # One client (connection pool) per host name: requests go to the pinned address, so
+        # a shared pool is keyed by the address and would reuse a TLS connection verified for
+        # one name for another name on the same address.
+        self.clients: dict[str, httpx.AsyncClient] = {}
+
+    def client(self, host: str) -> httpx.AsyncClient:
+        if host not in self.clients:
+            self.clients[host] = httpx.AsyncClient(
+                verify=ssl_context(self.opts.ca_bundle),
+                follow_redirects=False,
+                trust_env=False,
+                timeout=httpx.Timeout(self.opts.timeout),
+                headers={"User-Agent": self.opts.user_agent, "Accept": "text/html,*/*;q=0.5"},
+            )
+        return self.clients[host]
 
     async def __aenter__(self) -> Fetcher:
         return self
 
     async def __aexit__(self, *_: object) -> None:
-        await self.client.aclose()
+        for client in self.clients.values():
+            await client.aclose()
 
     async def checked_address(self, url: httpx.URL) -> IPAddress:
         port = url.port or (443 if url.scheme == "https" else 80)
@@ -147,6 +156,11 @@ class Fetcher:
         except TimeoutError:
             metrics.SCANNER_FETCH_ERRORS.labels("timeout").inc()
             raise FetchError("timeout", f"{url}: timed out") from None
+        except (ValueError, httpx.InvalidURL) as exc:
+            # A malformed URL or Location header (bad IPv6 literal, IDNA label, port) is the
+            # site's fault: a failed fetch, not a crash of the scan. UnicodeError is a ValueError.
+            metrics.SCANNER_FETCH_ERRORS.labels("protocol").inc()
+            raise FetchError("protocol", f"{url}: invalid URL: {exc!r}"[:500]) from None
 
     async def _get(self, url: str) -> Page:
         chain: list[str] = []
@@ -156,14 +170,15 @@ class Fetcher:
                 raise FetchError("protocol", f"refusing scheme {current.scheme!r} ({current})")
             ip = await self.checked_address(current)
             extensions = {"sni_hostname": current.host} if current.scheme == "https" else {}
-            request = self.client.build_request(
+            client = self.client(current.host)
+            request = client.build_request(
                 "GET",
                 _pin(current, ip),
                 headers={"Host": _host_header(current)},
                 extensions=extensions,
             )
             try:
-                resp = await self.client.send(request, stream=True)
+                resp = await client.send(request, stream=True)
             except httpx.TimeoutException:
                 raise FetchError("timeout", f"{current}: timed out") from None
             except httpx.ConnectError as exc:

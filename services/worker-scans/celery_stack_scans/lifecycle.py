@@ -68,8 +68,9 @@ async def claim(
             return Claim("stale_attempt", status=status)
         if status not in ("queued", "running"):
             return Claim("finished", status=status)
-        if status == "running" and row.worker == worker:  # type: ignore[attr-defined]
-            # Our own claim, committed but its reply lost (a retried claim): keep it.
+        if status == "running" and row.worker == worker and row.hb_age is not None:  # type: ignore[attr-defined]
+            # Our own claim, committed but its reply lost (a retried claim): keep it. Not
+            # once released (heartbeat NULL): then a redelivery to us is a new delivery.
             return Claim(
                 "claimed",
                 domain=str(row.domain),  # type: ignore[attr-defined]
@@ -217,8 +218,9 @@ async def holder(engine: AsyncEngine, scan_id: uuid.UUID) -> str | None:
 async def release_dead(
     engine: AsyncEngine, scan_id: uuid.UUID, attempt: int, dead_worker: str
 ) -> None:
-    """Expire the heartbeat of a scan whose worker process is known to be gone, so the next
-    claim takes it over at once (its deliveries still count toward the cap)."""
+    """Expire the heartbeat of a scan whose worker process is known to be gone (or whose task
+    gave up on it), so the next claim takes it over at once as a new delivery, counted toward
+    the cap."""
     async with engine.begin() as conn:
         await conn.execute(
             text(

@@ -10,6 +10,7 @@ to go on (False: the scan was cancelled, deleted or taken over; stop here).
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -111,11 +112,27 @@ async def _tls(fetcher: Fetcher, domain: str, port: int, opts: ScanOptions) -> l
     return out
 
 
-async def _landing(fetcher: Fetcher, url: str) -> tuple[Page | None, str | None]:
+async def _landing(
+    fetcher: Fetcher, url: str, found: list[Finding]
+) -> tuple[Page | None, str | None]:
     try:
         return await fetcher.get(url), None
     except FetchError as exc:
         return None, f"{exc.kind}: {exc}"
+    except Blocked as exc:
+        # The domain itself passed the guard (_tls): a redirect led into a refused address.
+        # Not followed; reported, and the scan goes on with what it has.
+        found.append(
+            finding(
+                "redirect_blocked",
+                "medium",
+                "The landing page redirects to an address the scanner refuses",
+                url=url,
+                ident=f"{exc.host}|{exc.address}",
+                detail={"host": exc.host, "address": exc.address, "reason": exc.reason},
+            )
+        )
+        return None, f"blocked: {exc}"
 
 
 async def scan(
@@ -138,16 +155,20 @@ async def scan(
             raise ScanFailed(str(exc)) from None
         except FetchError as exc:
             raise ScanFailed(f"{exc.kind}: {exc}") from None
-        https_page, https_error = await _landing(fetcher, _url("https", domain, config.https_port))
+        found = list(tls_findings)
+        https_page, https_error = await _landing(
+            fetcher, _url("https", domain, config.https_port), found
+        )
         http_page: Page | None = None
         http_error: str | None = None
         if config.check_http or https_page is None:
-            http_page, http_error = await _landing(fetcher, _url("http", domain, config.http_port))
+            http_page, http_error = await _landing(
+                fetcher, _url("http", domain, config.http_port), found
+            )
         landing = https_page or http_page
         if landing is None:
             raise ScanFailed(f"site unreachable (https: {https_error}; http: {http_error})")
 
-        found = list(tls_findings)
         if https_page is None:
             found.append(
                 finding(
@@ -176,10 +197,10 @@ async def scan(
             return ScanSummary(pages, total, stopped=True)
 
         # Crawl the landing origin, breadth first; each page is a checkpoint.
-        queue = checks.same_origin_links(landing)
+        queue = deque(checks.same_origin_links(landing))  # pop(0) of a list was quadratic
         seen = {landing.url, *landing.redirects}
         while queue and pages < max_pages:
-            url = queue.pop(0)
+            url = queue.popleft()
             if url in seen:
                 continue
             seen.add(url)
@@ -191,7 +212,7 @@ async def scan(
             pages += 1
             if checks.origin(page.url) != checks.origin(landing.url):
                 continue  # redirected off-origin: fetched safely, but not ours to judge
-            queue += [u for u in checks.same_origin_links(page) if u not in seen]
+            queue.extend(u for u in checks.same_origin_links(page) if u not in seen)
             if not await emit(checks.page_findings(page, config.content_rules)):
                 return ScanSummary(pages, total, stopped=True)
     return ScanSummary(pages, total, stopped=False)

@@ -7,10 +7,11 @@ sits inside the soft limit so the scan fails cleanly before Celery has to interr
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from typing import Any
 
-from celery.exceptions import SoftTimeLimitExceeded
+from celery.exceptions import Reject, SoftTimeLimitExceeded
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
@@ -71,21 +72,37 @@ async def _traced(carrier: dict[str, str], scan_id: str, attempt: int, worker: s
         otel_context.detach(token)
 
 
-@app.task(name=SCAN_TASK, bind=True)
+# Nothing may ack a scan's message before its row is terminal (there is no stuck-scan sweep):
+# with acks_on_failure_or_timeout=False a hard time limit requeues it, and an exception is
+# turned into a Reject with requeue, because a plain failure would still lose the message (on
+# the Redis transport reject(requeue=False) deletes it). The redelivery takes the released row
+# over as a new delivery; the delivery cap ends a scan that always fails this way as dead.
+@app.task(name=SCAN_TASK, bind=True, acks_on_failure_or_timeout=False)
 def run(self: Any, scan_id: str, attempt: int) -> str:
     worker = owner_id(settings)
     try:
-        return aio.run(_traced(trace_carrier(self.request), scan_id, attempt, worker))
-    except SoftTimeLimitExceeded:
-        # Only if the scan's own deadline did not fire first: record the failure, once.
-        aio.run(
-            lifecycle.finish(
-                connections.engine(),
-                uuid.UUID(scan_id),
-                attempt,
-                worker,
-                "failed",
-                "soft time limit exceeded",
+        try:
+            return aio.run(_traced(trace_carrier(self.request), scan_id, attempt, worker))
+        except SoftTimeLimitExceeded:
+            # Only if the scan's own deadline did not fire first (aio.run has cancelled the
+            # interrupted scan coroutine by now): record the failure, once.
+            aio.run(
+                lifecycle.finish(
+                    connections.engine(),
+                    uuid.UUID(scan_id),
+                    attempt,
+                    worker,
+                    "failed",
+                    "soft time limit exceeded",
+                )
             )
-        )
-        return "failed"
+            return "failed"
+    except Exception as exc:
+        # Give the row up first, so the redelivery (even to this process) counts toward the
+        # delivery cap instead of looping; if the database is what failed, this may fail too
+        # and the redelivery's claim waits on it with backoff.
+        with contextlib.suppress(Exception):
+            aio.run(
+                lifecycle.release_dead(connections.engine(), uuid.UUID(scan_id), attempt, worker)
+            )
+        raise Reject(f"scan task raised {exc!r}"[:300], requeue=True) from exc

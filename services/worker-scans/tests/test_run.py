@@ -251,6 +251,22 @@ async def test_a_retried_claim_by_the_same_worker_keeps_it(clean_db, site):
     assert (await row(clean_db, sid)).deliveries == 1
 
 
+async def test_a_released_scan_redelivered_to_the_same_worker_is_a_new_delivery(clean_db, site):
+    """The task shell releases the row when run_scan raises and requeues the message: even if
+    the same process gets it back, it counts toward the cap (no endless loop of delivery 1)."""
+    from celery_stack_scans import lifecycle
+
+    sid = await insert_scan(clean_db, site)
+    kw = {"stale_after": 60.0, "max_deliveries": 2}
+    outcomes = []
+    for _ in range(3):
+        outcomes.append((await lifecycle.claim(clean_db, sid, 1, "w1", **kw)).outcome)
+        await lifecycle.release_dead(clean_db, sid, 1, "w1")
+    assert outcomes == ["claimed", "claimed", "dead"]
+    r = await row(clean_db, sid)
+    assert r.status == "dead" and r.deliveries == 3
+
+
 def test_owner_is_gone_only_for_a_dead_process_on_this_machine():
     import os
     import socket

@@ -1,8 +1,12 @@
 """The scanner against real local HTTP and HTTPS servers (our own CA, certificate for site.test)."""
 
+import httpx
 import pytest
 
 from celery_stack_core.scan_spec import ContentRule, ScanConfig
+from celery_stack_scans import checks
+from celery_stack_scans.demo_site import DemoSite, SiteOptions
+from celery_stack_scans.fetch import Page
 from celery_stack_scans.scanner import ScanFailed, scan
 
 
@@ -121,3 +125,80 @@ async def test_unresolvable_and_unreachable(site, scan_options, free_tcp_port):
     cfg = ScanConfig(https_port=free_tcp_port, http_port=free_tcp_port)
     with pytest.raises(ScanFailed, match="unreachable"):
         await run("site.test", cfg, scan_options())
+
+
+@pytest.fixture
+def odd_site(certs):
+    """A site whose pages carry what a hostile or broken site may send."""
+    sites = []
+
+    def make(**opts):
+        s = DemoSite(
+            https_port=0, cert=certs["cert"], key=certs["key"], opts=SiteOptions(slow=0, **opts)
+        )
+        sites.append(s)
+        return s
+
+    yield make
+    for s in sites:
+        s.close()
+
+
+async def test_malformed_links_are_skipped_not_fatal(odd_site, scan_options):
+    s = odd_site(index_extra='<a href="http://[oops/">bad</a> <a href="http://[::1/x">bad</a>')
+    summary, found = await run("site.test", config(s, max_pages=3), scan_options())
+    assert summary.pages == 3 and any(f.kind == "tls_certificate" for f in found)
+
+
+async def test_malformed_landing_redirect_falls_back_to_http(odd_site, scan_options):
+    s = odd_site(https_root_redirect="http://[oops/")
+    _, found = await run("site.test", config(s, max_pages=1), scan_options())
+    unavailable = [f for f in found if f.kind == "https_unavailable"]
+    assert unavailable and unavailable[0].detail["error"].startswith("protocol")
+    assert any(f.kind == "missing_header" for f in found)  # the HTTP landing page was checked
+
+
+async def test_landing_redirect_into_a_blocked_address_is_a_finding(odd_site, scan_options):
+    """Refused (never followed), reported, and the scan goes on over HTTP with its TLS checks."""
+    s = odd_site(https_root_redirect="http://10.0.0.1/admin")
+    _, found = await run("site.test", config(s, max_pages=1), scan_options())
+    kinds = {f.kind for f in found}
+    assert {"redirect_blocked", "tls_certificate", "https_unavailable", "missing_header"} <= kinds
+    blocked = next(f for f in found if f.kind == "redirect_blocked")
+    assert blocked.detail["address"] == "10.0.0.1" and blocked.detail["reason"] == "private"
+
+
+def _page(body, url="https://site.test/"):
+    return Page(
+        url, 200, httpx.Headers({"content-type": "text/html"}), body.encode(), False, [], ""
+    )
+
+
+def test_links_are_deduplicated_and_capped_per_page():
+    body = "".join(f'<a href="/p{i % 3}">x</a>' for i in range(30))
+    assert checks.same_origin_links(_page(body)) == [
+        "https://site.test/p0",
+        "https://site.test/p1",
+        "https://site.test/p2",
+    ]
+    many = "".join(f'<a href="/q{i}">x</a>' for i in range(checks.MAX_LINKS_PER_PAGE * 3))
+    links = checks.same_origin_links(_page(many))
+    assert len(links) == checks.MAX_LINKS_PER_PAGE and links[0] == "https://site.test/q0"
+
+
+def test_a_catastrophic_regex_times_out_as_a_finding():
+    """Exponential backtracking on site-controlled text is cut off, not left to block the loop
+    (and the scan's heartbeat) for hours; other rules still run."""
+    rules = [
+        ContentRule(name="redos", regex=r"(a|aa)+$"),
+        ContentRule(name="plain", keyword="aaa"),
+    ]
+    found = checks.content_findings(_page("a" * 40 + "!"), rules)
+    by_rule = {f.detail["rule"]: f for f in found}
+    assert by_rule["redos"].kind == "content_rule_error"
+    assert by_rule["plain"].kind == "content_rule"
+    # many such rules on one page: the page's budget ends them all, each reported
+    many = [ContentRule(name=f"r{i}", regex=r"(a|aa)+$") for i in range(20)]
+    found = checks.content_findings(_page("a" * 40 + "!"), many)
+    assert sorted(f.detail["rule"] for f in found) == sorted(r.name for r in many)
+    assert {f.kind for f in found} == {"content_rule_error"}

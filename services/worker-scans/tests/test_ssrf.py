@@ -137,10 +137,9 @@ async def test_real_dns_name_resolving_to_loopback_is_refused(site):
 async def test_redirects_into_blocked_addresses_are_refused(site, target):
     to = target.format(port=site.http_port)
     async with _fetcher(resolve={"site.test": ["127.0.0.1"], "internal.test": ["10.0.0.5"]}) as f:
-        with pytest.raises((Blocked, FetchError)) as err:
+        # Blocked, not any FetchError: a "dns" failure would pass without the guard having run.
+        with pytest.raises(Blocked):
             await f.get(f"http://site.test:{site.http_port}/redirect?to={to}")
-    if isinstance(err.value, FetchError):
-        assert err.value.kind in ("dns", "blocked")
 
 
 @pytest.mark.parametrize("target", ["file:///etc/passwd", "gopher://site.test/", "ftp://x.test/"])
@@ -196,3 +195,37 @@ async def test_fetch_errors_are_counted_by_class(site):
         "connect": 1,
     }
     assert metrics.SCANNER_BLOCKED.labels("private")._value.get() >= 1
+
+
+@pytest.mark.parametrize(
+    "location",
+    ["http://[oops/", "http://xn--zz.test/", "http://site.test:abc/", "http://[::1/"],
+)
+async def test_malformed_redirect_locations_are_protocol_errors(site, location):
+    """A bad Location header is the site's fault: a FetchError, not a crash of the scan."""
+    from urllib.parse import quote
+
+    async with _fetcher() as f:
+        with pytest.raises(FetchError) as err:
+            await f.get(f"http://site.test:{site.http_port}/redirect?to={quote(location)}")
+    assert err.value.kind == "protocol"
+
+
+async def test_a_connection_verified_for_one_name_is_not_reused_for_another(certs):
+    """Two names on one address: the certificate is valid for site.test only. A pool keyed by
+    the pinned address would send wrong.test's request over site.test's verified connection."""
+    from celery_stack_scans.demo_site import DemoSite, SiteOptions
+
+    alive = DemoSite(
+        https_port=0, cert=certs["cert"], key=certs["key"], opts=SiteOptions(keep_alive=True)
+    )
+    resolve = {"site.test": ["127.0.0.1"], "wrong.test": ["127.0.0.1"]}
+    try:
+        async with _fetcher(resolve=resolve, ca_bundle=certs["ca"]) as f:
+            page = await f.get(f"https://site.test:{alive.https_port}/about")
+            assert page.status == 200
+            with pytest.raises(FetchError) as err:
+                await f.get(f"https://wrong.test:{alive.https_port}/about")
+        assert err.value.kind == "tls"
+    finally:
+        alive.close()
