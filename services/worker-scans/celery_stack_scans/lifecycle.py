@@ -87,8 +87,8 @@ async def claim(
         deliveries = int(row.deliveries) + 1  # type: ignore[attr-defined]
         if deliveries > max_deliveries:
             reason = (
-                f"dead after {deliveries - 1} deliveries of attempt {attempt}: every worker "
-                f"that started it died (last: {row.worker})"  # type: ignore[attr-defined]
+                f"dead after {deliveries - 1} deliveries of attempt {attempt}: no delivery "
+                f"finished it (its worker died or the task failed; last: {row.worker})"  # type: ignore[attr-defined]
             )
             await conn.execute(
                 text(
