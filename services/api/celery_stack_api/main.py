@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import redis.exceptions
 from fastapi import FastAPI, Request, status
@@ -16,6 +16,7 @@ from celery_stack_api.counting import NotFound, Unavailable
 from celery_stack_api.fastpath import ViewFastPath
 from celery_stack_api.limits import BodyLimit
 from celery_stack_api.routes import content, counters, health, scans
+from celery_stack_api.scans import BadCursor, ScanConflict, ScanNotFound
 from celery_stack_api.state import AppState
 from celery_stack_core import outbox
 from celery_stack_core.celery_app import make_celery
@@ -26,6 +27,13 @@ from celery_stack_core.tracing import flush_tracing, setup_tracing
 
 log = logging.getLogger(__name__)
 RETRY_AFTER = {"Retry-After": "5"}
+
+
+def _status_handler(code: int) -> Callable[[Request, Exception], Awaitable[JSONResponse]]:
+    async def handle(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, code)
+
+    return handle
 
 
 def create_app(settings: Settings | None = None, *, view_fast_path: bool = True) -> FastAPI:
@@ -66,6 +74,14 @@ def create_app(settings: Settings | None = None, *, view_fast_path: bool = True)
     @app.exception_handler(NotFound)
     async def _not_found(request: Request, exc: NotFound) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status.HTTP_404_NOT_FOUND)
+
+    # Scan errors map to status codes here, once, instead of in every route.
+    for exc_class, code in (
+        (ScanNotFound, status.HTTP_404_NOT_FOUND),
+        (ScanConflict, status.HTTP_409_CONFLICT),
+        (BadCursor, status.HTTP_422_UNPROCESSABLE_CONTENT),
+    ):
+        app.add_exception_handler(exc_class, _status_handler(code))
 
     @app.exception_handler(Unavailable)
     async def _unavailable(request: Request, exc: Unavailable) -> JSONResponse:

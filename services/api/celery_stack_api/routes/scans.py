@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Header, HTTPException, Query, Request, Response, status
+from fastapi import APIRouter, Header, Query, Request, Response, status
 from pydantic import BaseModel, Field, field_validator
 
 from celery_stack_api import scans
@@ -49,17 +49,6 @@ def _hooks(request: Request) -> scans.ScanHooks:
     return hooks
 
 
-def _guard(exc: Exception) -> HTTPException:
-    if isinstance(exc, scans.ScanNotFound):
-        return HTTPException(status.HTTP_404_NOT_FOUND, str(exc))
-    if isinstance(exc, scans.BadCursor):
-        return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc))
-    return HTTPException(status.HTTP_409_CONFLICT, str(exc))
-
-
-KNOWN = (scans.ScanNotFound, scans.ScanConflict, scans.BadCursor)
-
-
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
@@ -75,17 +64,14 @@ async def create_scan(
     response: Response,
     idempotency_key: IdempotencyKey = None,
 ) -> dict[str, Any]:
-    try:
-        scan, created = await scans.create_scan(
-            state,
-            owner=user,
-            domain=body.domain,
-            config=body.config.model_dump(mode="json", exclude_defaults=True),
-            idempotency_key=idempotency_key,
-            hooks=_hooks(request),
-        )
-    except KNOWN as exc:
-        raise _guard(exc) from None
+    scan, created = await scans.create_scan(
+        state,
+        owner=user,
+        domain=body.domain,
+        config=body.config.model_dump(mode="json", exclude_defaults=True),
+        idempotency_key=idempotency_key,
+        hooks=_hooks(request),
+    )
     if not created:
         response.status_code = status.HTTP_200_OK
     return scan
@@ -101,22 +87,16 @@ async def read_scans(
     cursor: Annotated[str | None, Query(max_length=200)] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 50,
 ) -> dict[str, Any]:
-    try:
-        return await scans.list_scans(
-            state, _owner(principal, user), status=status_filter, cursor=cursor, limit=limit
-        )
-    except KNOWN as exc:
-        raise _guard(exc) from None
+    return await scans.list_scans(
+        state, _owner(principal, user), status=status_filter, cursor=cursor, limit=limit
+    )
 
 
 @router.get("/{scan_id}")
 async def read_scan(
     *, scan_id: uuid.UUID, user: ActingUser, state: StateDep, principal: UserDep
 ) -> dict[str, Any]:
-    try:
-        return await scans.get_scan(state, scan_id, _owner(principal, user))
-    except KNOWN as exc:
-        raise _guard(exc) from None
+    return await scans.get_scan(state, scan_id, _owner(principal, user))
 
 
 @router.get("/{scan_id}/findings")
@@ -129,22 +109,16 @@ async def read_findings(
     cursor: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> dict[str, Any]:
-    try:
-        return await scans.list_findings(
-            state, scan_id, _owner(principal, user), after=cursor, limit=limit
-        )
-    except KNOWN as exc:
-        raise _guard(exc) from None
+    return await scans.list_findings(
+        state, scan_id, _owner(principal, user), after=cursor, limit=limit
+    )
 
 
 @router.post("/{scan_id}/cancel")
 async def cancel_scan(
     *, scan_id: uuid.UUID, user: ActingUser, state: StateDep, principal: UserDep
 ) -> dict[str, Any]:
-    try:
-        return await scans.cancel_scan(state, scan_id, _owner(principal, user))
-    except KNOWN as exc:
-        raise _guard(exc) from None
+    return await scans.cancel_scan(state, scan_id, _owner(principal, user))
 
 
 @router.post("/{scan_id}/retry", status_code=status.HTTP_202_ACCEPTED)
@@ -156,17 +130,11 @@ async def retry_scan(
     principal: UserDep,
     request: Request,
 ) -> dict[str, Any]:
-    try:
-        return await scans.retry_scan(state, scan_id, _owner(principal, user), _hooks(request))
-    except KNOWN as exc:
-        raise _guard(exc) from None
+    return await scans.retry_scan(state, scan_id, _owner(principal, user), _hooks(request))
 
 
 @router.delete("/{scan_id}", status_code=status.HTTP_204_NO_CONTENT)
 async def delete_scan(
     *, scan_id: uuid.UUID, user: ActingUser, state: StateDep, principal: UserDep
 ) -> None:
-    try:
-        await scans.delete_scan(state, scan_id, _owner(principal, user))
-    except KNOWN as exc:
-        raise _guard(exc) from None
+    await scans.delete_scan(state, scan_id, _owner(principal, user))
