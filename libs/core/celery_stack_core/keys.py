@@ -50,6 +50,12 @@ class ShardKeys:
         return self._k("inflight_since")
 
     @property
+    def generation(self) -> str:
+        """Counts the claims of new batches (never deleted): a reader that sees it unchanged
+        across its Redis and SQL reads knows no flush committed in between."""
+        return self._k("gen")
+
+    @property
     def lease(self) -> str:
         return f"flush:{self.name}"
 

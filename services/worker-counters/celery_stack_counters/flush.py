@@ -58,7 +58,7 @@ class FlushResult:
 async def claim(redis: aioredis.Redis, sk: ShardKeys) -> Claim | None:
     script = redis.register_script(lua(__file__, "claim"))
     res = await script(
-        keys=[sk.live, sk.inflight, sk.batch, sk.live_since, sk.inflight_since],
+        keys=[sk.live, sk.inflight, sk.batch, sk.live_since, sk.inflight_since, sk.generation],
         args=[str(uuid.uuid4())],
     )
     if not res:
