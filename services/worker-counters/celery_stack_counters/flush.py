@@ -9,6 +9,7 @@ nothing twice (a resumed batch keeps its id, and the ledger already has it).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -16,12 +17,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
-from sqlalchemy import text
+from sqlalchemy import Table, text, update
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from celery_stack_core import metrics
 from celery_stack_core.keys import ShardKeys
 from celery_stack_core.lua import lua
+from celery_stack_core.models import Base, CounterBatch
 from celery_stack_core.targets import TARGETS
 
 log = logging.getLogger(__name__)
@@ -30,6 +33,7 @@ log = logging.getLogger(__name__)
 StepHook = Callable[[str], Awaitable[None]]
 BIGINT_MAX = 2**63 - 1
 STEPS = ("claimed", "ledger_inserted", "applied", "committed", "acked")
+_ledger: Table = CounterBatch.__table__
 
 
 async def _no_hook(step: str) -> None:
@@ -107,34 +111,38 @@ async def apply_batch(
 
     Returns the rows updated, or None when the ledger already had this batch.
     """
-    table = TARGETS[sk.target].table
+    table = Base.metadata.tables[TARGETS[sk.target].table]
     column = sk.field
     assert column in TARGETS[sk.target].buffered
     new = await conn.execute(
-        text(
-            "INSERT INTO counter_batches (batch_id, counter, keys, applied, dropped) "
-            "VALUES (:b, :c, :k, 0, 0) ON CONFLICT DO NOTHING RETURNING batch_id"
-        ),
-        {"b": batch_id, "c": sk.name, "k": len(ids)},
+        insert(_ledger)
+        .values(batch_id=batch_id, counter=sk.name, keys=len(ids), applied=0, dropped=0)
+        .on_conflict_do_nothing()
+        .returning(_ledger.c.batch_id)
     )
     if new.first() is None:
         return None
     await hook("ledger_inserted")
-    updated = await conn.execute(
-        text(
-            f"UPDATE {table} AS t SET {column} = t.{column} + d.delta "
-            "FROM unnest(CAST(:ids AS bigint[]), CAST(:deltas AS bigint[])) AS d(id, delta) "
-            "WHERE t.id = d.id"
-        ),
-        {"ids": ids, "deltas": deltas},
-    )
-    applied = int(updated.rowcount)
+    # Hand-written: one UPDATE ... FROM unnest is the point, and the CTE sums on the server
+    # what it applied (no row comes back to Python).
+    applied, total = (
+        await conn.execute(
+            text(
+                f"WITH u AS (UPDATE {table.name} AS t SET {column} = t.{column} + d.delta "
+                "FROM unnest(CAST(:ids AS bigint[]), CAST(:deltas AS bigint[])) AS d(id, delta) "
+                "WHERE t.id = d.id RETURNING d.delta) "
+                "SELECT count(*), coalesce(sum(delta), 0) FROM u"
+            ),
+            {"ids": ids, "deltas": deltas},
+        )
+    ).one()
     await conn.execute(
-        text("UPDATE counter_batches SET applied = :a, dropped = :d WHERE batch_id = :b"),
-        {"a": applied, "d": len(ids) - applied, "b": batch_id},
+        update(_ledger)
+        .where(_ledger.c.batch_id == batch_id)
+        .values(applied=applied, dropped=len(ids) - applied, total=int(total))
     )
     await hook("applied")
-    return applied
+    return int(applied)
 
 
 async def ack(redis: aioredis.Redis, sk: ShardKeys, batch_id: str) -> bool:
@@ -142,31 +150,140 @@ async def ack(redis: aioredis.Redis, sk: ShardKeys, batch_id: str) -> bool:
     return bool(await script(keys=[sk.inflight, sk.batch, sk.inflight_since], args=[batch_id]))
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """A claimed batch, read and parsed, ready for the transaction."""
+
+    sk: ShardKeys
+    claim: Claim
+    ids: list[int]
+    deltas: list[int]
+    invalid: int
+
+
+async def prepare(
+    redis: aioredis.Redis, sk: ShardKeys, hook: StepHook = _no_hook
+) -> Prepared | None:
+    c = await claim(redis, sk)
+    if c is None:
+        return None
+    await hook("claimed")
+    ids, deltas, invalid = await read_inflight(redis, sk)
+    return Prepared(sk, c, ids, deltas, invalid)
+
+
 async def flush_shard(
     redis: aioredis.Redis, engine: AsyncEngine, sk: ShardKeys, hook: StepHook = _no_hook
 ) -> FlushResult:
     """Flush one shard. Safe to repeat after any failure: it resumes the same batch."""
     started = time.monotonic()
-    c = await claim(redis, sk)
-    if c is None:
+    p = await prepare(redis, sk, hook)
+    if p is None:
         return FlushResult(sk.name, "empty")
-    await hook("claimed")
-    ids, deltas, invalid = await read_inflight(redis, sk)
     async with engine.begin() as conn:
-        applied = await apply_batch(conn, sk, c.batch_id, ids, deltas, hook)
+        applied = await apply_batch(conn, sk, p.claim.batch_id, p.ids, p.deltas, hook)
     await hook("committed")
-    await ack(redis, sk, c.batch_id)
+    await ack(redis, sk, p.claim.batch_id)
     await hook("acked")
+    return finish(p, applied, started)
 
+
+async def flush_many(
+    redis: aioredis.Redis,
+    engine: AsyncEngine,
+    shards: list[ShardKeys],
+    hook: StepHook = _no_hook,
+) -> list[FlushResult]:
+    """Flush several shards in ONE transaction, reading the next shard while PostgreSQL applies
+    the current one:
+
+        claim+read shard 1 | claim+read shard 2 | claim+read shard 3 | ...
+                           | apply shard 1       | apply shard 2      | ... COMMIT -> ack all
+
+    Each batch keeps its own ledger row, so the protocol per batch is unchanged: a crash before
+    COMMIT leaves every claimed batch in flight and none applied; after COMMIT every one of them
+    is in the ledger and is only acked. One commit (one WAL flush) instead of one per shard.
+    """
+    started = time.monotonic()
+    ready: asyncio.Queue[Prepared | None] = asyncio.Queue(maxsize=2)
+    reader = asyncio.create_task(_read_all(redis, shards, ready, hook))
+    done: list[tuple[Prepared, int | None]] = []
+    try:
+        async with engine.begin() as conn:
+            while (p := await ready.get()) is not None:
+                applied = await apply_batch(conn, p.sk, p.claim.batch_id, p.ids, p.deltas, hook)
+                done.append((p, applied))
+    except BaseException:
+        await _stop(reader, ready)
+        raise
+    if done:
+        await hook("committed")
+    await _ack_all(redis, [p for p, _ in done])
+    for _ in done:
+        await hook("acked")
+    await reader  # a read that failed after some shards were read: raised now, after their ack
+    return [finish(p, applied, started) for p, applied in done]
+
+
+async def _read_all(
+    redis: aioredis.Redis,
+    shards: list[ShardKeys],
+    ready: asyncio.Queue[Prepared | None],
+    hook: StepHook,
+) -> None:
+    """Claim and read each shard in turn, handing it to the transaction; None ends the list."""
+    try:
+        for sk in shards:
+            p = await prepare(redis, sk, hook)
+            if p is not None:
+                await ready.put(p)
+    except asyncio.CancelledError:
+        raise  # the transaction failed: nobody waits for the end of the list
+    except BaseException:
+        await ready.put(None)  # commit what was read; flush_many raises this afterwards
+        raise
+    await ready.put(None)
+
+
+async def _stop(reader: asyncio.Task[None], ready: asyncio.Queue[Prepared | None]) -> None:
+    """Stop the reader after the transaction failed. Its claims stay in flight (the next flush
+    resumes them). redis-py can swallow a cancellation, so the queue is kept empty until the
+    reader is really done: it must never wait on a put that nobody takes."""
+    reader.cancel()
+    while not reader.done():
+        while not ready.empty():
+            ready.get_nowait()
+        await asyncio.wait({reader}, timeout=0.05)
+    await asyncio.gather(reader, return_exceptions=True)
+
+
+async def _ack_all(redis: aioredis.Redis, batches: list[Prepared]) -> None:
+    if not batches:
+        return
+    script = redis.register_script(lua(__file__, "ack"))
+    async with redis.pipeline(transaction=False) as pipe:
+        for p in batches:
+            sk = p.sk
+            await script(
+                keys=[sk.inflight, sk.batch, sk.inflight_since],
+                args=[p.claim.batch_id],
+                client=pipe,
+            )
+        await pipe.execute()
+
+
+def finish(p: Prepared, applied: int | None, started: float) -> FlushResult:
+    """The result of one flushed batch, with its metrics and log lines."""
+    sk, c = p.sk, p.claim
     lag = max(0.0, time.time() - c.since_ms / 1000) if c.since_ms else 0.0
     if applied is None:
         result = FlushResult(
-            sk.name, "already_applied", c.batch_id, len(ids), lag_seconds=lag, resumed=c.resumed
+            sk.name, "already_applied", c.batch_id, len(p.ids), lag_seconds=lag, resumed=c.resumed
         )
     else:
-        dropped = len(ids) - applied + invalid
+        dropped = len(p.ids) - applied + p.invalid
         result = FlushResult(
-            sk.name, "applied", c.batch_id, len(ids), applied, dropped, lag, c.resumed
+            sk.name, "applied", c.batch_id, len(p.ids), applied, dropped, lag, c.resumed
         )
         metrics.FLUSH_ROWS.labels(sk.name).inc(applied)
         if dropped:
