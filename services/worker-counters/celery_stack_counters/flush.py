@@ -31,7 +31,6 @@ log = logging.getLogger(__name__)
 
 # Called at each protocol step; the chaos test kills the process from here.
 StepHook = Callable[[str], Awaitable[None]]
-BIGINT_MAX = 2**63 - 1
 STEPS = ("claimed", "ledger_inserted", "applied", "committed", "acked")
 _ledger: Table = CounterBatch.__table__
 
@@ -71,40 +70,43 @@ async def claim(redis: aioredis.Redis, sk: ShardKeys) -> Claim | None:
     return Claim(batch_id, how == "resumed", int(since) if since else None)
 
 
-async def read_inflight(redis: aioredis.Redis, sk: ShardKeys) -> tuple[list[int], list[int], int]:
-    """The in-flight deltas as parallel id/delta lists sorted by id, plus fields that were not
-    valid ids. Sorted ids make the UPDATE walk the table's pages and index in order."""
+@dataclass(frozen=True)
+class InFlight:
+    """An in-flight batch as PostgreSQL takes it: comma-joined ids and deltas (same order)."""
+
+    ids: str
+    deltas: str
+    keys: int  # valid fields
+    invalid: int  # fields that were not a valid id and delta (counted as dropped)
+
+
+async def read_inflight(redis: aioredis.Redis, sk: ShardKeys) -> InFlight:
+    """The in-flight deltas, validated by the script (read_inflight.lua). HSCAN may return a
+    field twice; the UPDATE applies a row once whatever the join repeats, and `keys` comes
+    from HLEN, so a repeat changes nothing."""
     script = redis.register_script(lua(__file__, "read_inflight"))
-    pairs: dict[int, int] = {}
-    invalid = 0
+    ids: list[str] = []
+    deltas: list[str] = []
+    invalid, fields = 0, 0
     cursor = "0"
     while True:
-        cursor, packed_ids, packed_deltas, bad = await script(
-            keys=[sk.inflight], args=[cursor, 5000]
-        )
-        invalid += int(bad)
-        if packed_ids:
-            # HSCAN may repeat an element; the hash is immutable here, so a repeat is the same
-            # value and the dict keeps one.
-            ids, deltas = packed_ids.split(","), packed_deltas.split(",")
-            pairs.update(zip(map(int, ids), map(int, deltas), strict=True))
-        if str(cursor) == "0":
+        step = await script(keys=[sk.inflight], args=[cursor, 5000])
+        first, cursor = cursor == "0", str(step[0])
+        if step[1]:
+            ids.append(step[1])
+            deltas.append(step[2])
+        invalid += int(step[3])
+        fields = int(step[4]) if first else fields
+        if cursor == "0":
             break
-    # An id outside PostgreSQL's bigint would fail the whole batch's cast on every retry and
-    # wedge the shard; the API never writes one, but the flusher does not trust the buffer.
-    ordered = [
-        i for i in sorted(pairs) if 0 < i <= BIGINT_MAX and -BIGINT_MAX <= pairs[i] <= BIGINT_MAX
-    ]
-    invalid += len(pairs) - len(ordered)
-    return ordered, [pairs[i] for i in ordered], invalid
+    return InFlight(",".join(ids), ",".join(deltas), fields - invalid, invalid)
 
 
 async def apply_batch(
     conn: AsyncConnection,
     sk: ShardKeys,
     batch_id: str,
-    ids: list[int],
-    deltas: list[int],
+    batch: InFlight,
     hook: StepHook = _no_hook,
 ) -> int | None:
     """Inside the caller's transaction: the ledger insert, then the deltas if the batch is new.
@@ -116,7 +118,7 @@ async def apply_batch(
     assert column in TARGETS[sk.target].buffered
     new = await conn.execute(
         insert(_ledger)
-        .values(batch_id=batch_id, counter=sk.name, keys=len(ids), applied=0, dropped=0)
+        .values(batch_id=batch_id, counter=sk.name, keys=batch.keys, applied=0, dropped=0)
         .on_conflict_do_nothing()
         .returning(_ledger.c.batch_id)
     )
@@ -129,17 +131,18 @@ async def apply_batch(
         await conn.execute(
             text(
                 f"WITH u AS (UPDATE {table.name} AS t SET {column} = t.{column} + d.delta "
-                "FROM unnest(CAST(:ids AS bigint[]), CAST(:deltas AS bigint[])) AS d(id, delta) "
+                "FROM unnest(CAST(string_to_array(:ids, ',') AS bigint[]), "
+                "CAST(string_to_array(:deltas, ',') AS bigint[])) AS d(id, delta) "
                 "WHERE t.id = d.id RETURNING d.delta) "
                 "SELECT count(*), coalesce(sum(delta), 0) FROM u"
             ),
-            {"ids": ids, "deltas": deltas},
+            {"ids": batch.ids, "deltas": batch.deltas},
         )
     ).one()
     await conn.execute(
         update(_ledger)
         .where(_ledger.c.batch_id == batch_id)
-        .values(applied=applied, dropped=len(ids) - applied, total=int(total))
+        .values(applied=applied, dropped=batch.keys - applied, total=int(total))
     )
     await hook("applied")
     return int(applied)
@@ -156,9 +159,7 @@ class Prepared:
 
     sk: ShardKeys
     claim: Claim
-    ids: list[int]
-    deltas: list[int]
-    invalid: int
+    batch: InFlight
 
 
 async def prepare(
@@ -168,8 +169,7 @@ async def prepare(
     if c is None:
         return None
     await hook("claimed")
-    ids, deltas, invalid = await read_inflight(redis, sk)
-    return Prepared(sk, c, ids, deltas, invalid)
+    return Prepared(sk, c, await read_inflight(redis, sk))
 
 
 async def flush_shard(
@@ -181,7 +181,7 @@ async def flush_shard(
     if p is None:
         return FlushResult(sk.name, "empty")
     async with engine.begin() as conn:
-        applied = await apply_batch(conn, sk, p.claim.batch_id, p.ids, p.deltas, hook)
+        applied = await apply_batch(conn, sk, p.claim.batch_id, p.batch, hook)
     await hook("committed")
     await ack(redis, sk, p.claim.batch_id)
     await hook("acked")
@@ -211,7 +211,7 @@ async def flush_many(
     try:
         async with engine.begin() as conn:
             while (p := await ready.get()) is not None:
-                applied = await apply_batch(conn, p.sk, p.claim.batch_id, p.ids, p.deltas, hook)
+                applied = await apply_batch(conn, p.sk, p.claim.batch_id, p.batch, hook)
                 done.append((p, applied))
     except BaseException:
         await _stop(reader, ready)
@@ -278,12 +278,12 @@ def finish(p: Prepared, applied: int | None, started: float) -> FlushResult:
     lag = max(0.0, time.time() - c.since_ms / 1000) if c.since_ms else 0.0
     if applied is None:
         result = FlushResult(
-            sk.name, "already_applied", c.batch_id, len(p.ids), lag_seconds=lag, resumed=c.resumed
+            sk.name, "already_applied", c.batch_id, p.batch.keys, lag_seconds=lag, resumed=c.resumed
         )
     else:
-        dropped = len(p.ids) - applied + p.invalid
+        dropped = p.batch.keys - applied + p.batch.invalid
         result = FlushResult(
-            sk.name, "applied", c.batch_id, len(p.ids), applied, dropped, lag, c.resumed
+            sk.name, "applied", c.batch_id, p.batch.keys, applied, dropped, lag, c.resumed
         )
         metrics.FLUSH_ROWS.labels(sk.name).inc(applied)
         if dropped:
