@@ -17,9 +17,12 @@ from celery import Celery, signals
 from celery_stack_core import liveness
 from celery_stack_core.config import Queue, Settings
 from celery_stack_core.logs import configure_logging
+from celery_stack_core.redis_client import make_redis
 from celery_stack_core.tracing import flush_tracing, setup_tracing
 
 log = logging.getLogger(__name__)
+# /healthz fails past this many heartbeat intervals (12 x 5 s = the chart's 60 s liveness age).
+LIVENESS_FACTOR = 12
 
 
 def prepare_multiproc_dir(settings: Settings) -> None:
@@ -34,7 +37,11 @@ def prepare_multiproc_dir(settings: Settings) -> None:
 
 
 def install_hooks(app: Celery, settings: Settings, service: str) -> None:
+    # Imported here: prometheus_client must see PROMETHEUS_MULTIPROC_DIR, set by the entrypoint.
+    from celery_stack_core import celery_metrics
+
     liveness.install(app, settings.WORKER_HEARTBEAT_FILE, settings.WORKER_HEARTBEAT_INTERVAL)
+    celery_metrics.install_worker()
 
     @signals.setup_logging.connect(weak=False)
     def _logging(**_: Any) -> None:
@@ -42,9 +49,7 @@ def install_hooks(app: Celery, settings: Settings, service: str) -> None:
 
     @signals.worker_init.connect(weak=False)
     def _metrics(**_: Any) -> None:
-        from celery_stack_core import metrics
-
-        metrics.serve(settings.METRICS_PORT)
+        serve_worker_metrics(app, settings, service)
 
     @signals.worker_process_init.connect(weak=False)
     def _child(**_: Any) -> None:
@@ -57,11 +62,38 @@ def install_hooks(app: Celery, settings: Settings, service: str) -> None:
         metrics.mark_process_dead(pid or os.getpid())
         flush_tracing()
 
-    @signals.task_failure.connect(weak=False)
-    def _failed(sender: Any = None, **_: Any) -> None:
-        from celery_stack_core import metrics
 
-        metrics.TASK_FAILURES.labels(getattr(sender, "name", "unknown")).inc()
+def serve_worker_metrics(app: Celery, settings: Settings, service: str) -> None:
+    """The worker's port: /metrics (this queue's families), /healthz (not wedged: the consuming
+    heartbeat is younger than LIVENESS_FACTOR intervals), /readyz (consuming now: as fresh as the
+    chart's readiness probe asks), anything else 404."""
+    from celery_stack_core import celery_metrics, metrics
+
+    interval = settings.WORKER_HEARTBEAT_INTERVAL
+    ready_within = max(3 * interval, 15.0)
+    alive_within = LIVENESS_FACTOR * interval
+    queue = service.removeprefix("worker-")
+    broker = celery_metrics.BrokerCollector(
+        make_redis(settings, settings.broker_url),
+        [queue],
+        dict(app.conf.broker_transport_options or {}),
+        heartbeat_file=settings.WORKER_HEARTBEAT_FILE,
+        fresh_within=ready_within,
+    )
+    reg = metrics.registry(metrics.role_of_worker(queue), [broker])
+
+    def check(within: float) -> metrics.Check:
+        def run() -> tuple[bool, dict[str, Any]]:
+            age = liveness.heartbeat_age(settings.WORKER_HEARTBEAT_FILE)
+            return age <= within, {"heartbeat_age": round(min(age, 1e9), 3), "max_age": within}
+
+        return run
+
+    metrics.serve(
+        settings.METRICS_PORT,
+        reg,
+        {"/healthz": check(alive_within), "/readyz": check(ready_within)},
+    )
 
 
 def worker_argv(settings: Settings, queue: Queue, extra: list[str]) -> list[str]:
