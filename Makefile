@@ -42,6 +42,10 @@ e2e: install ## Only the whole-stack and chaos tests.
 bench: install ## Benchmarks: our design against the field reports' naive designs.
 	$(UV) run --frozen python -m bench
 
+.PHONY: monitoring
+monitoring: install ## Regenerate dashboards, alert rules, promtool cases and docs/monitoring.md.
+	$(UV) run --frozen python -m monitoring.generate
+
 .PHONY: fmt
 fmt: install ## Format and auto-fix.
 	$(UV) run --frozen ruff format .
