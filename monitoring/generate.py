@@ -3,7 +3,8 @@ ones that drifted, exit 1). tests/monitoring/test_generated.py runs the check in
 
     charts/celery-stack/files/monitoring/alerts.yaml           the rule groups (PrometheusRule)
     charts/celery-stack/files/monitoring/dashboards/*.json     the dashboards (ConfigMaps)
-    k8s/monitoring/                                            the same, as plain objects
+    k8s/monitoring/                                            the same, as plain objects, and
+                                                               a plain Prometheus rule file
     monitoring/tests/alerts.test.yaml                          promtool cases (alert_tests.py)
     docs/monitoring.md                                         metrics, dashboards, alerts
 """
@@ -164,6 +165,7 @@ def outputs() -> dict[Path, str]:
         files[CHART_FILES / "dashboards" / f"{stem}.json"] = dashboards.render(stem)
         files[K8S / f"dashboard-{stem}.yaml"] = _k8s_dashboard(stem)
     files[K8S / "prometheusrule.yaml"] = _k8s_prometheusrule()
+    files[K8S / "prometheus-rules.yaml"] = rules_yaml()  # for a Prometheus without the operator
     files[K8S / "kustomization.yaml"] = _kustomization()
     return files
 

@@ -856,4 +856,5 @@ class TestLabelsAndNames:
                 "flower",
                 "networkpolicies",
                 "tests",
+                "monitoring",
             }

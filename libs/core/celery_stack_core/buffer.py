@@ -88,18 +88,19 @@ async def mark_dirty(redis: aioredis.Redis, target: TargetType, target_id: int) 
     await redis.sadd(keys.DIRTY, f"{target}:{target_id}")
 
 
-async def oldest_pending_ms(redis: aioredis.Redis, *, shards: int) -> dict[str, int]:
+async def oldest_pending_ms(redis: aioredis.Redis, *, shards: int) -> dict[str, int | None]:
     """Per counter (`target:field`), when its oldest increment not yet applied to PostgreSQL was
-    buffered (ms), live or in flight; counters with nothing buffered are left out. One MGET."""
+    buffered (ms), live or in flight; None for a counter with nothing buffered. One MGET."""
     from celery_stack_core.targets import BUFFERED
 
     shard_list = [keys.ShardKeys(t, f, n) for t, f in BUFFERED for n in range(shards)]
     names = [k for sk in shard_list for k in (sk.live_since, sk.inflight_since)]
     values = await redis.mget(names)
-    oldest: dict[str, int] = {}
+    oldest: dict[str, int | None] = {f"{t}:{f}": None for t, f in BUFFERED}
     for i, sk in enumerate(shard_list):
+        counter = f"{sk.target}:{sk.field}"
         for raw in values[2 * i : 2 * i + 2]:
             if raw:
-                counter = f"{sk.target}:{sk.field}"
-                oldest[counter] = min(int(raw), oldest.get(counter, int(raw)))
+                seen = oldest[counter]
+                oldest[counter] = int(raw) if seen is None else min(seen, int(raw))
     return oldest

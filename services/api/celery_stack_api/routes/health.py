@@ -51,7 +51,7 @@ async def readyz(state: StateDep, response: Response) -> dict[str, Any]:
 class PendingAge(Collector):
     """The flush lag as the API sees it in Redis, so it is exported while no flusher runs."""
 
-    def __init__(self, oldest_ms: dict[str, int]) -> None:
+    def __init__(self, oldest_ms: dict[str, int | None]) -> None:
         self.oldest_ms = oldest_ms
 
     def collect(self) -> Iterator[Metric]:
@@ -60,7 +60,8 @@ class PendingAge(Collector):
         )
         now_ms = time.time() * 1000
         for counter, since in sorted(self.oldest_ms.items()):
-            family.add_metric([counter], max(0.0, (now_ms - since) / 1000))
+            age = 0.0 if since is None else max(0.0, (now_ms - since) / 1000)
+            family.add_metric([counter], age)
         yield family
 
 
