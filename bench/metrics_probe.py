@@ -83,6 +83,10 @@ def events_per_task(n: int) -> dict[str, float]:
     return {"us_per_task": elapsed / n * 1e6}
 
 
+class _Done(Exception):
+    """Raised from the event handler to end capture() once every event arrived."""
+
+
 def consume(n: int) -> dict[str, float]:
     """An exporter in the style of celery-exporter: receive events, update counters."""
     from prometheus_client import Counter, Histogram
@@ -106,15 +110,19 @@ def consume(n: int) -> dict[str, float]:
             runtime.labels(name).observe(float(event.get("runtime", 0.0)))
         seen += 1
         if seen >= want:
-            raise KeyboardInterrupt
+            raise _Done
 
     with app.connection_for_read() as conn:
         recv = app.events.Receiver(conn, handlers={"*": on_event})
         print(json.dumps({"ready": True}), flush=True)
         try:
             recv.capture(limit=None, timeout=60, wakeup=True)
-        except KeyboardInterrupt:
-            pass
+        except _Done:
+            log_done = True  # every event arrived
+        else:
+            log_done = False
+    if not log_done:
+        raise SystemExit(f"only {seen} of {want} events arrived")
     cpu = time.process_time() - (started or time.process_time())
     return {"cpu_us_per_task": cpu / n * 1e6, "events": float(seen)}
 
