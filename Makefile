@@ -21,8 +21,8 @@ help: ## List the targets.
 install: .venv/.synced ## Install the workspace (uv sync --frozen --all-packages).
 
 .PHONY: run
-run: install ## Run the whole stack locally (own PostgreSQL + Redis unless DATABASE_URL/REDIS_URL).
-	$(UV) run --frozen celery-stack-dev run
+run: install ## Run the whole stack locally (own PostgreSQL + Redis unless DATABASE_URL/REDIS_URL); PROMETHEUS=1 adds Prometheus.
+	$(UV) run --frozen celery-stack-dev run $(if $(PROMETHEUS),--prometheus)
 
 .PHONY: lint
 lint: install ## ruff + mypy.
