@@ -26,6 +26,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    disable_created_metrics,
     generate_latest,
     multiprocess,
 )
@@ -33,6 +34,8 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 NS = "celery_stack"
+# No `*_created` series: nothing here reads them, and they double every counter's series.
+disable_created_metrics()
 
 # --- counters: ingest (api) -------------------------------------------------------------------
 INCREMENTS = Counter(
@@ -284,7 +287,8 @@ ROLE_FAMILIES: dict[str, tuple[str, ...]] = {
     "worker-scans": (
         *_PROCESS,
         *_CELERY_WORKER,
-        f"{NS}_scans_",
+        f"{NS}_scans_finished",
+        f"{NS}_scans_dead",
         f"{NS}_scan_",
         f"{NS}_scanner_",
     ),

@@ -85,7 +85,9 @@ def main(
         console.print("migrations applied")
         ports = dataclasses.replace(ports, api=_port(ports.api))
         stack = local_stack(run_dir, ports)
-        prom = prometheus_local.prepare(run_dir, ports.api, stack)
+        prom = prometheus_local.prepare(
+            run_dir, ports.api, stack, port=_port(prometheus_local.PORT)
+        )
         if prometheus:
             stack = [*stack, prom]
         for i, proc in enumerate(stack):
