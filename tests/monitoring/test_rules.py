@@ -11,6 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from monitoring import alert_tests, alerts, dashboards, generate
 
@@ -87,3 +88,18 @@ def test_dashboard_panels_query_prometheus(stem):
         assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
         refs = [t["refId"] for t in panel["targets"]]
         assert refs and len(refs) == len(set(refs)) and all(t["expr"] for t in panel["targets"])
+
+
+def test_k8s_monitoring_builds_with_kustomize():
+    kubectl = ROOT / ".tools/bin/kubectl"
+    tool = str(kubectl) if kubectl.exists() else shutil.which("kubectl")
+    assert tool, "`make tools` provides kubectl"
+    out = subprocess.run(
+        [tool, "kustomize", str(ROOT / "k8s/monitoring")], capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    docs = [d for d in yaml.safe_load_all(out.stdout) if d]
+    kinds = sorted(d["kind"] for d in docs)
+    assert kinds == ["ConfigMap"] * len(dashboards.DASHBOARDS) + ["PrometheusRule"]
+    rule = next(d for d in docs if d["kind"] == "PrometheusRule")
+    assert rule["spec"] == alerts.rule_file()
