@@ -111,7 +111,8 @@ async def test_a_scan_is_one_trace_from_the_request_to_the_workers_sql(
     from celery_stack_scans import tasks
 
     # site.test resolves to loopback, which the SSRF guard refuses: a quick scan, no network
-    local = tasks.settings.model_copy(update={"SCANNER_RESOLVE": {"site.test": ["127.0.0.1"]}})
+    scanner = tasks.settings.scanner.model_copy(update={"resolve": {"site.test": ["127.0.0.1"]}})
+    local = tasks.settings.model_copy(update={"scanner": scanner})
     monkeypatch.setattr(tasks, "settings", local)
     connections._engine.cache_clear()  # created now: instrumented
     exporter.clear()
@@ -140,7 +141,7 @@ async def test_a_view_is_linked_from_the_flush_that_applies_it(api, exporter, re
     view = server_span(exporter.get_finished_spans(), "POST /api/v1/{target}/{target_id}/views")
 
     exporter.clear()
-    sk = ShardKeys("post", "views", shard_of(post_id, settings.COUNTER_SHARDS))
+    sk = ShardKeys("post", "views", shard_of(post_id, settings.counters.shards))
     flush_engine = make_engine(settings)  # created after instrumenting: its SQL is traced
     try:
         result = await flush_shard(redis, flush_engine, sk)
@@ -161,8 +162,8 @@ async def test_untraced_increments_record_no_links(redis, settings):
     """Without a recording span the ingest path writes only the increment (the common case)."""
     from celery_stack_core import buffer
 
-    await buffer.increment(redis, "post", "views", 7, shards=settings.COUNTER_SHARDS)
-    sk = ShardKeys("post", "views", shard_of(7, settings.COUNTER_SHARDS))
+    await buffer.increment(redis, "post", "views", 7, shards=settings.counters.shards)
+    sk = ShardKeys("post", "views", shard_of(7, settings.counters.shards))
     assert await redis.hget(sk.live, "7") is not None
     assert await redis.llen(sk.trace_links) == 0
     await redis.delete(sk.live, sk.live_since)

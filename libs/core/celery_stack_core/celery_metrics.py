@@ -28,7 +28,7 @@ from prometheus_client.registry import Collector
 
 from celery_stack_core import liveness, metrics
 from celery_stack_core.celery_app import UnroutedTask, queue_of
-from celery_stack_core.config import QUEUES
+from celery_stack_core.queues import QUEUES
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +134,11 @@ def _failed(sender: Any = None, exception: BaseException | None = None, **_: Any
 
 def _retried(sender: Any = None, request: Any = None, **_: Any) -> None:
     metrics.TASK_RETRIED.labels(_name(sender.name), _queue_of_request(request), _HOST).inc()
+
+
+def note_queues(names: list[str]) -> None:
+    """Queues a worker consumes besides the registry's (`<NAME>_QUEUES`): labels as they are."""
+    _queues.update(names)
 
 
 def install_publisher() -> None:

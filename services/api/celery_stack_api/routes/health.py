@@ -70,7 +70,7 @@ async def read_metrics(state: StateDep) -> Response:
     extra: list[Collector] = []
     try:
         oldest = await asyncio.wait_for(
-            buffer.oldest_pending_ms(state.redis, shards=state.settings.COUNTER_SHARDS), 2.0
+            buffer.oldest_pending_ms(state.redis, shards=state.settings.counters.shards), 2.0
         )
         extra.append(PendingAge(oldest))
     except (RedisError, TimeoutError) as exc:
