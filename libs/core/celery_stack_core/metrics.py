@@ -305,12 +305,17 @@ ROLE_FAMILIES: dict[str, tuple[str, ...]] = {
 
 
 def role_of_worker(queue: str) -> str:
-    """The role of a worker consuming `queue`; a queue added through values only gets the generic
-    Celery families."""
-    role = f"worker-{queue}"
-    if role not in ROLE_FAMILIES:
-        ROLE_FAMILIES[role] = (*_PROCESS, *_CELERY_WORKER)
-    return role
+    return f"worker-{queue}"
+
+
+def prefixes_of(role: str) -> tuple[str, ...]:
+    """A role's family prefixes; a worker of a queue added through values only (not listed
+    here) gets the generic Celery families."""
+    if role in ROLE_FAMILIES:
+        return ROLE_FAMILIES[role]
+    if role.startswith("worker-"):
+        return (*_PROCESS, *_CELERY_WORKER)
+    raise KeyError(f"no metrics role {role!r}: one of {sorted(ROLE_FAMILIES)} or worker-<queue>")
 
 
 def multiprocess_enabled() -> bool:
@@ -322,7 +327,7 @@ class RoleCollector(Collector):
     the role's scrape-time collectors."""
 
     def __init__(self, role: str, extra: Iterable[Collector] = ()) -> None:
-        self.prefixes = ROLE_FAMILIES[role]
+        self.prefixes = prefixes_of(role)
         self.extra = list(extra)
         self.source: Any = REGISTRY
         if multiprocess_enabled():
