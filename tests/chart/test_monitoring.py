@@ -129,3 +129,13 @@ def test_otlp_endpoint_is_set_from_values():
     for d in of_kind(docs, "ConfigMap"):
         data.update(d.get("data", {}))
     assert data["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://collector.observability:4318"
+
+
+@pytest.mark.parametrize("flower", [False, True])
+def test_task_events_follow_flower(flower):
+    """Only Flower reads task events; our metrics come from signals."""
+    values = {"flower": {"enabled": True, "basicAuthSecret": "flower-auth"}} if flower else {}
+    data = {}
+    for d in of_kind(render_chart(values), "ConfigMap"):
+        data.update(d.get("data", {}))
+    assert data["CELERY_TASK_EVENTS"] == str(flower).lower()

@@ -101,3 +101,16 @@ def test_broker_collector_reads_queue_lengths_and_unacked(settings, tmp_path, fr
     finally:
         client.delete(*keys)
         client.close()
+
+
+def test_task_events_are_off_unless_asked_for(settings):
+    """Our task metrics come from signals: events cost every task broker publishes for nobody,
+    unless something consumes them (Flower)."""
+    from celery_stack_core.celery_app import celery_config
+
+    assert celery_config(settings)["worker_send_task_events"] is False
+    assert celery_config(settings)["task_send_sent_event"] is False
+    on = settings.model_copy(
+        update={"celery": settings.celery.model_copy(update={"task_events": True})}
+    )
+    assert celery_config(on)["worker_send_task_events"] is True
