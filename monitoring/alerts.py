@@ -308,7 +308,7 @@ def _api(t: Thresholds) -> list[Alert]:
     errors = f'sum(rate({requests}{{code="5xx"}}[{t.api_5xx_window}]))'
     total = f"sum(rate({requests}[{t.api_5xx_window}]))"
 
-    def burn(name: str, factor: float, long: str, short: str, for_: str, sev: str) -> Alert:
+    def burn(name: str, *, factor: float, long: str, short: str, for_: str, sev: str) -> Alert:
         limit = round(factor * budget, 6)
         return Alert(
             name,
@@ -334,8 +334,22 @@ def _api(t: Thresholds) -> list[Alert]:
             "api-5xx-ratio",
             ("celery_stack_http_requests_total",),
         ),
-        burn("CeleryStackApiLatencyBudgetBurnFast", 14.4, "1h", "5m", "2m", t.severity_page),
-        burn("CeleryStackApiLatencyBudgetBurnSlow", 6, "6h", "30m", "15m", t.severity_ticket),
+        burn(
+            "CeleryStackApiLatencyBudgetBurnFast",
+            factor=14.4,
+            long="1h",
+            short="5m",
+            for_="2m",
+            sev=t.severity_page,
+        ),
+        burn(
+            "CeleryStackApiLatencyBudgetBurnSlow",
+            factor=6,
+            long="6h",
+            short="30m",
+            for_="15m",
+            sev=t.severity_ticket,
+        ),
     ]
 
 

@@ -86,7 +86,7 @@ def sql(spans: list[ReadableSpan]) -> list[ReadableSpan]:
 
 
 async def test_a_scan_is_one_trace_from_the_request_to_the_workers_sql(
-    api, exporter, engine, redis, settings, monkeypatch
+    api, exporter, engine, redis, monkeypatch
 ):
     r = await api.post("/api/v1/scans", json={"domain": "site.test", "config": {"max_pages": 1}})
     assert r.status_code in (201, 202), r.text
