@@ -190,7 +190,9 @@ async def test_exactly_once_under_kill9(chaos_servers, tmp_path):
     for i, step in enumerate(rounds):
         after = random.randint(1, SHARDS if step != "committed" else 3)
         proc = flusher.start("--crash-at", step, "--crash-after", str(after))
-        deadline = time.monotonic() + 60  # a timeout, not a timing: process start-up on 2 loaded cores
+        deadline = (
+            time.monotonic() + 60
+        )  # a timeout, not a timing: process start-up on 2 loaded cores
         while proc.poll() is None and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         if proc.poll() == -9:

@@ -129,7 +129,7 @@ class RelayTicker:
     """Stands in for beat: sends maintenance.outbox_relay every `every` seconds."""
 
     def __init__(self, settings, every=1.0, redis_url=None):
-        s = settings.model_copy(update={"REDIS_URL": redis_url or settings.REDIS_URL})
+        s = settings.replace(REDIS_URL=redis_url or settings.stores.redis_url)
         self.app = make_celery(s)
         self.every = every
         self.stop = threading.Event()
@@ -183,7 +183,7 @@ async def broker_idle(settings, timeout=60.0):
     """Nothing queued and nothing unacknowledged on the scans queue: no delivery can follow."""
     import redis.asyncio as aioredis
 
-    client = aioredis.Redis.from_url(settings.REDIS_URL)
+    client = aioredis.Redis.from_url(settings.stores.redis_url)
     try:
         deadline = time.monotonic() + timeout
         while await client.llen("scans") or await client.hlen("unacked"):

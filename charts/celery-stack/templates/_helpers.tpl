@@ -92,7 +92,9 @@ Call with (dict "root" $ "name" "counters"); returns YAML. */}}
 {{- end -}}
 
 {{/* ---------------------------------------------------------------- config
-Non-secret settings shared by every service (libs/core config.py variable names). */}}
+Non-secret settings shared by every service (libs/core config.py variable names). The per-queue
+variables are the only source of a worker's -Q, prefetch and time limits (queue registry,
+libs/core queues.py). */}}
 {{- define "celery-stack.configData" -}}
 ENVIRONMENT: {{ .Values.environment | quote }}
 LOG_LEVEL: {{ .Values.logLevel | quote }}
@@ -100,6 +102,7 @@ DATABASE_POOL_SIZE: {{ .Values.database.poolSize | quote }}
 CELERY_VISIBILITY_TIMEOUT: {{ .Values.celery.visibilityTimeout | quote }}
 CELERY_RESULT_EXPIRES: {{ .Values.celery.resultExpires | quote }}
 CELERY_SOFT_SHUTDOWN_TIMEOUT: {{ .Values.celery.softShutdownTimeout | quote }}
+CELERY_TASK_EVENTS: {{ .Values.flower.enabled | quote }}
 METRICS_PORT: {{ .Values.metrics.port | quote }}
 OTEL_EXPORTER_OTLP_ENDPOINT: {{ .Values.otel.endpoint | quote }}
 WORKER_HEARTBEAT_FILE: "/tmp/celery-stack-worker-alive"
@@ -111,6 +114,7 @@ BEAT_TICK: {{ .Values.beat.tick | quote }}
 {{ $p }}_SOFT_TIME_LIMIT: {{ $q.softTimeLimit | quote }}
 {{ $p }}_TIME_LIMIT: {{ $q.timeLimit | quote }}
 {{ $p }}_PREFETCH: {{ $q.prefetchMultiplier | quote }}
+{{ $p }}_QUEUES: {{ join "," $q.queues | quote }}
 {{- end }}
 {{- end -}}
 

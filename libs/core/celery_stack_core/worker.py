@@ -1,11 +1,14 @@
 """What every worker service installs on its Celery app: logging, metrics, tracing, liveness.
 
-A worker's entrypoint calls `run_worker(app, queue, argv)`, which becomes PID 1's celery
-process (`exec` in the image) so SIGTERM reaches Celery's warm/soft shutdown directly.
+A worker's entrypoint (the registry's `command`) calls `worker_main(queue, argv)`, which becomes
+PID 1's celery process (`exec` in the image) so SIGTERM reaches Celery's warm/soft shutdown
+directly. `-Q`, `-n`, the prefetch and the time limits come from the queue registry and its
+settings only: argv may add pool, concurrency and child limits, never override those.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import shutil
@@ -15,17 +18,21 @@ from typing import Any
 from celery import Celery, signals
 
 from celery_stack_core import liveness
-from celery_stack_core.config import Queue, Settings
+from celery_stack_core.config import Settings, get_settings
 from celery_stack_core.logs import configure_logging
+from celery_stack_core.queues import spec
+from celery_stack_core.redis_client import make_redis
 from celery_stack_core.tracing import flush_tracing, setup_tracing
 
 log = logging.getLogger(__name__)
+# /healthz fails past this many heartbeat intervals (12 x 5 s = the chart's 60 s liveness age).
+LIVENESS_FACTOR = 12
 
 
 def prepare_multiproc_dir(settings: Settings) -> None:
     """Prefork children write metrics to files; the dir must be empty at start and set before
     prometheus_client is imported anywhere in this process."""
-    path = settings.PROMETHEUS_MULTIPROC_DIR
+    path = settings.observability.prometheus_multiproc_dir
     if not path:
         return
     shutil.rmtree(path, ignore_errors=True)
@@ -34,17 +41,20 @@ def prepare_multiproc_dir(settings: Settings) -> None:
 
 
 def install_hooks(app: Celery, settings: Settings, service: str) -> None:
-    liveness.install(app, settings.WORKER_HEARTBEAT_FILE, settings.WORKER_HEARTBEAT_INTERVAL)
+    # Imported here: prometheus_client must see PROMETHEUS_MULTIPROC_DIR, set by the entrypoint.
+    from celery_stack_core import celery_metrics
+
+    obs = settings.observability
+    liveness.install(app, obs.worker_heartbeat_file, obs.worker_heartbeat_interval)
+    celery_metrics.install_worker()
 
     @signals.setup_logging.connect(weak=False)
     def _logging(**_: Any) -> None:
-        configure_logging(service, settings.LOG_LEVEL)
+        configure_logging(service, settings.deploy.log_level)
 
     @signals.worker_init.connect(weak=False)
     def _metrics(**_: Any) -> None:
-        from celery_stack_core import metrics
-
-        metrics.serve(settings.METRICS_PORT)
+        serve_worker_metrics(app, settings, service)
 
     @signals.worker_process_init.connect(weak=False)
     def _child(**_: Any) -> None:
@@ -57,27 +67,90 @@ def install_hooks(app: Celery, settings: Settings, service: str) -> None:
         metrics.mark_process_dead(pid or os.getpid())
         flush_tracing()
 
-    @signals.task_failure.connect(weak=False)
-    def _failed(sender: Any = None, **_: Any) -> None:
-        from celery_stack_core import metrics
 
-        metrics.TASK_FAILURES.labels(getattr(sender, "name", "unknown")).inc()
+def serve_worker_metrics(app: Celery, settings: Settings, service: str) -> None:
+    """The worker's port: /metrics (this queue's families), /healthz (not wedged: the consuming
+    heartbeat is younger than LIVENESS_FACTOR intervals), /readyz (consuming now: as fresh as the
+    chart's readiness probe asks), anything else 404."""
+    from celery_stack_core import celery_metrics, metrics
+
+    obs = settings.observability
+    interval = obs.worker_heartbeat_interval
+    ready_within = max(3 * interval, 15.0)
+    alive_within = LIVENESS_FACTOR * interval
+    queue = service.removeprefix("worker-")
+    consumed = settings.queue(queue).queues or [queue]
+    celery_metrics.note_queues(consumed)
+    broker = celery_metrics.BrokerCollector(
+        make_redis(settings, settings.broker_url),
+        consumed,
+        dict(app.conf.broker_transport_options or {}),
+        heartbeat_file=obs.worker_heartbeat_file,
+        fresh_within=ready_within,
+    )
+    reg = metrics.registry(metrics.role_of_worker(queue), [broker])
+
+    def check(within: float) -> metrics.Check:
+        def run() -> tuple[bool, dict[str, Any]]:
+            age = liveness.heartbeat_age(obs.worker_heartbeat_file)
+            return age <= within, {"heartbeat_age": round(min(age, 1e9), 3), "max_age": within}
+
+        return run
+
+    metrics.serve(
+        obs.metrics_port, reg, {"/healthz": check(alive_within), "/readyz": check(ready_within)}
+    )
 
 
-def worker_argv(settings: Settings, queue: Queue, extra: list[str]) -> list[str]:
+# Worker options the registry and the settings own: given in argv they would silently win
+# (celery takes the last occurrence), so they are refused instead.
+OWNED_OPTIONS = (
+    "-Q",
+    "--queues",
+    "--prefetch-multiplier",
+    "--soft-time-limit",
+    "--time-limit",
+    "-l",
+    "--loglevel",
+)
+
+
+class OwnedOption(ValueError):
+    pass
+
+
+def worker_argv(settings: Settings, queue: str, extra: list[str]) -> list[str]:
+    for arg in extra:
+        if arg.split("=", 1)[0] in OWNED_OPTIONS:
+            raise OwnedOption(
+                f"{arg}: set by the queue registry and its settings "
+                f"({spec(queue).env_prefix}*, docs/configuration.md), not on the command line"
+            )
+    limits = settings.queue(queue)
+    # The node name defaults to `<queue>@<host>`; several workers of a queue on one host (tests)
+    # pass their own -n.
+    named = any(arg.split("=", 1)[0] in ("-n", "--hostname") for arg in extra)
     return [
         "worker",
         "-Q",
-        queue,
-        "-n",
-        f"{queue}@%h",
+        ",".join(limits.queues or [queue]),
+        *([] if named else ["-n", f"{queue}@%h"]),
         "--prefetch-multiplier",
-        str(settings.prefetch(queue)),
+        str(limits.prefetch),
         "--loglevel",
-        settings.LOG_LEVEL,
+        settings.deploy.log_level,
         *extra,
     ]
 
 
-def run_worker(app: Celery, settings: Settings, queue: Queue, extra: list[str]) -> None:
+def run_worker(app: Celery, settings: Settings, queue: str, extra: list[str]) -> None:
     app.worker_main(worker_argv(settings, queue, extra))
+
+
+def worker_main(queue: str, extra: list[str]) -> None:
+    """The body of every worker console script: settings, metrics dir, the queue's tasks."""
+    settings = get_settings()
+    prepare_multiproc_dir(settings)
+    # Imported after the multiprocess dir is set: the module builds the app and its metrics.
+    app = importlib.import_module(spec(queue).tasks_module).app
+    run_worker(app, settings, queue, extra)

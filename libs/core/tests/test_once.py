@@ -7,7 +7,7 @@ from celery_stack_core import once
 
 
 def test_first_delivery_runs_a_resend_does_not(redis, settings):
-    client = sync_redis.Redis.from_url(settings.REDIS_URL, decode_responses=True)
+    client = sync_redis.Redis.from_url(settings.stores.redis_url, decode_responses=True)
     key = once.claim_key("beat:flush:1000", 0)
     assert once.claim(client, key, redelivered=False)
     assert not once.claim(client, key, redelivered=False)  # a resend while it runs
@@ -19,7 +19,7 @@ def test_first_delivery_runs_a_resend_does_not(redis, settings):
 
 
 def test_a_redelivery_takes_over_a_run_that_died(redis, settings):
-    client = sync_redis.Redis.from_url(settings.REDIS_URL, decode_responses=True)
+    client = sync_redis.Redis.from_url(settings.stores.redis_url, decode_responses=True)
     key = once.claim_key("beat:flush:2000", 0)
     assert once.claim(client, key, redelivered=False)  # ... and its worker is killed -9
     assert not once.claim(client, key, redelivered=False)  # beat's resend: refused

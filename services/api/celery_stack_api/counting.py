@@ -108,7 +108,7 @@ async def record_view(
             target,
             "views",
             target_id,
-            shards=state.settings.COUNTER_SHARDS,
+            shards=state.settings.counters.shards,
             viewer=viewer,
         )
         metrics.INCREMENTS.labels(target, "views").inc()
@@ -144,7 +144,7 @@ async def record_views_batch(
         unknown.extend((target, i) for i in sorted(set(counts) - known))
     with unavailable_on_outage("Redis"):
         await buffer.increment_many(
-            state.redis, "views", accepted, shards=state.settings.COUNTER_SHARDS
+            state.redis, "views", accepted, shards=state.settings.counters.shards
         )
     total = 0
     for target, counts in accepted.items():
@@ -163,7 +163,7 @@ class _Snapshot:
 
 async def _read_buffers(state: AppState, target: TargetType, target_id: int) -> _Snapshot:
     spec = TARGETS[target]
-    shards = state.settings.COUNTER_SHARDS
+    shards = state.settings.counters.shards
     snap = _Snapshot({}, None, partial=False)
     try:
         for field in spec.buffered:
@@ -204,7 +204,7 @@ async def _unchanged(
     state: AppState, target: TargetType, target_id: int, snap: _Snapshot
 ) -> bool | None:
     """Whether no flush claimed a batch since `snap` (None: Redis is unreachable now)."""
-    shards = state.settings.COUNTER_SHARDS
+    shards = state.settings.counters.shards
     try:
         for field, p in snap.pending.items():
             now = await buffer.generation(state.redis, target, field, target_id, shards=shards)

@@ -21,7 +21,7 @@ async def test_flush_between_the_redis_and_sql_reads_is_not_counted_twice(
     for _ in range(5):
         assert (await api.post(f"/api/v1/posts/{post_id}/views")).status_code == 202
     state = api._transport.app.state.app  # the app's own state: same engine, Redis, settings
-    sk = buffer.shard_keys("post", "views", post_id, settings.COUNTER_SHARDS)
+    sk = buffer.shard_keys("post", "views", post_id, settings.counters.shards)
     flushed = []
 
     async def flush_once() -> None:
@@ -57,7 +57,7 @@ async def test_readers_never_see_a_count_go_down_or_above_what_was_sent(
     async def flusher() -> None:
         while not done.is_set():
             res = await flush_all(
-                redis, engine, shards=settings.COUNTER_SHARDS, owner="t", lease_ttl=5
+                redis, engine, shards=settings.counters.shards, owner="t", lease_ttl=5
             )
             applied.extend(r for r in res if r.outcome == "applied")
             await asyncio.sleep(0)
@@ -84,7 +84,7 @@ async def test_readers_never_see_a_count_go_down_or_above_what_was_sent(
     assert not problems, problems[:10]
     assert min(reads) > 10
     assert len(applied) > 10  # flushes really ran while the readers read
-    await flush_all(redis, engine, shards=settings.COUNTER_SHARDS, owner="t", lease_ttl=5)
+    await flush_all(redis, engine, shards=settings.counters.shards, owner="t", lease_ttl=5)
     for pid in posts:
         r = await api.get(f"/api/v1/posts/{pid}/counts")
         assert r.json()["counts"]["views"] == sent[pid]
@@ -104,7 +104,7 @@ async def test_view_batch_buffers_all_and_reports_unknown_ids(api, redis, engine
     assert r.json() == {"accepted": 6 + 5 + 7, "unknown": [{"target": "post", "id": 999_999}]}
     views = [(await api.get(f"/api/v1/posts/{p}/counts")).json()["counts"]["views"] for p in posts]
     assert views == [7, 2, 2]
-    await flush_all(redis, engine, shards=settings.COUNTER_SHARDS, owner="t", lease_ttl=5)
+    await flush_all(redis, engine, shards=settings.counters.shards, owner="t", lease_ttl=5)
     views = [(await api.get(f"/api/v1/posts/{p}/counts")).json()["counts"]["views"] for p in posts]
     assert views == [7, 2, 2]
     a = (await api.get(f"/api/v1/articles/{article}/counts")).json()["counts"]["views"]

@@ -43,7 +43,7 @@ def own_pg():
 async def test_views_flow_and_the_rest_is_503_while_postgres_restarts(own_pg, settings, redis):
     url = own_pg.create_database("restart")
     await asyncio.to_thread(upgrade, url)
-    s = settings.model_copy(update={"DATABASE_URL": url})
+    s = settings.replace(DATABASE_URL=url)
     engine = make_engine(s)
     async with engine.begin() as conn:
         ids = [

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
+from opentelemetry import trace
 from sqlalchemy import Table, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -26,8 +27,10 @@ from celery_stack_core.keys import ShardKeys
 from celery_stack_core.lua import lua
 from celery_stack_core.models import Base, CounterBatch
 from celery_stack_core.targets import TARGETS
+from celery_stack_core.tracing import links_from, tracing_active
 
 log = logging.getLogger(__name__)
+tracer = trace.get_tracer(__name__)
 
 # Called at each protocol step; the chaos test kills the process from here.
 StepHook = Callable[[str], Awaitable[None]]
@@ -160,6 +163,7 @@ class Prepared:
     sk: ShardKeys
     claim: Claim
     batch: InFlight
+    links: list[str]  # traceparents of traced increments since the last flush (tracing only)
 
 
 async def prepare(
@@ -169,7 +173,19 @@ async def prepare(
     if c is None:
         return None
     await hook("claimed")
-    return Prepared(sk, c, await read_inflight(redis, sk))
+    links = await take_trace_links(redis, sk) if tracing_active() else []
+    return Prepared(sk, c, await read_inflight(redis, sk), links)
+
+
+async def take_trace_links(redis: aioredis.Redis, sk: ShardKeys) -> list[str]:
+    """The traceparents of traced increments since the last flush (a bounded sample; one that
+    lands between the claim and this read is linked here although its increment is in the next
+    batch: links are for finding a view's flush, not a ledger)."""
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.lrange(sk.trace_links, 0, -1)
+        pipe.delete(sk.trace_links)
+        found, _ = await pipe.execute()
+    return [str(tp) for tp in found]
 
 
 async def flush_shard(
@@ -180,11 +196,15 @@ async def flush_shard(
     p = await prepare(redis, sk, hook)
     if p is None:
         return FlushResult(sk.name, "empty")
-    async with engine.begin() as conn:
-        applied = await apply_batch(conn, sk, p.claim.batch_id, p.batch, hook)
-    await hook("committed")
-    await ack(redis, sk, p.claim.batch_id)
-    await hook("acked")
+    attributes = {"counter": sk.name, "batch.id": p.claim.batch_id}
+    with tracer.start_as_current_span(
+        "counters.flush", links=links_from(p.links), attributes=attributes
+    ):
+        async with engine.begin() as conn:
+            applied = await apply_batch(conn, sk, p.claim.batch_id, p.batch, hook)
+        await hook("committed")
+        await ack(redis, sk, p.claim.batch_id)
+        await hook("acked")
     return finish(p, applied, started)
 
 
@@ -208,19 +228,22 @@ async def flush_many(
     ready: asyncio.Queue[Prepared | None] = asyncio.Queue(maxsize=2)
     reader = asyncio.create_task(_read_all(redis, shards, ready, hook))
     done: list[tuple[Prepared, int | None]] = []
-    try:
-        async with engine.begin() as conn:
-            while (p := await ready.get()) is not None:
-                applied = await apply_batch(conn, p.sk, p.claim.batch_id, p.batch, hook)
-                done.append((p, applied))
-    except BaseException:
-        await _stop(reader, ready)
-        raise
-    if done:
-        await hook("committed")
-    await _ack_all(redis, [p for p, _ in done])
-    for _ in done:
-        await hook("acked")
+    with tracer.start_as_current_span("counters.flush", attributes={"shards": len(shards)}) as span:
+        try:
+            async with engine.begin() as conn:
+                while (p := await ready.get()) is not None:
+                    for link in links_from(p.links):  # each batch's views link to this flush
+                        span.add_link(link.context)
+                    applied = await apply_batch(conn, p.sk, p.claim.batch_id, p.batch, hook)
+                    done.append((p, applied))
+        except BaseException:
+            await _stop(reader, ready)
+            raise
+        if done:
+            await hook("committed")
+        await _ack_all(redis, [p for p, _ in done])
+        for _ in done:
+            await hook("acked")
     await reader  # a read that failed after some shards were read: raised now, after their ack
     return [finish(p, applied, started) for p, applied in done]
 
