@@ -263,22 +263,23 @@ async def set_action(
 ) -> bool:
     """Record (on) or remove (off) one user's action; idempotent. Returns whether it changed."""
     with unavailable_on_outage("PostgreSQL"):
-        changed = await _write_action(state, target, target_id, user, kind, on=on)
+        changed = await _write_action(state, _Action(target, target_id, user, kind), on=on)
     if changed:
         metrics.ACTIONS.labels(target, kind, "add" if on else "remove").inc()
         await mark_dirty(state.redis, target, target_id)
     return changed
 
 
-async def _write_action(
-    state: AppState,
-    target: TargetType,
-    target_id: int,
-    user: str,
-    kind: ActionKind,
-    *,
-    on: bool,
-) -> bool:
+@dataclass(frozen=True)
+class _Action:
+    target: TargetType
+    target_id: int
+    user: str
+    kind: ActionKind
+
+
+async def _write_action(state: AppState, action: _Action, *, on: bool) -> bool:
+    target, target_id, user, kind = action.target, action.target_id, action.user, action.kind
     table = table_of(target)
     a = _actions.c
     found = exists().where(table.c.id == target_id)
