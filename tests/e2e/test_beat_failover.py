@@ -199,8 +199,8 @@ class Beats:
 def beats(start_service, tmp_path, settings, redis):
     b = Beats(start_service, tmp_path, settings)
     yield b
-    if b.worker is not None:  # cold shutdown: nothing of a probe worker needs a warm one
-        b.worker.signal(signal.SIGQUIT)
+    if b.worker is not None:  # nothing of a probe worker needs a shutdown (its warm one is slow)
+        b.worker.signal(signal.SIGKILL)
         b.worker.proc.wait(30)
     b.redis.close()
     for svc in b.alive():  # SIGTERM must stop every replica promptly (release, exit 0)
