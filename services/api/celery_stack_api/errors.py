@@ -185,7 +185,9 @@ async def _store_error(request: Request, exc: Exception) -> JSONResponse:
         log.warning("store unavailable", extra={"path": request.url.path, "error": repr(exc)})
         return unavailable("a backing store is unavailable, retry later")
     if _is_data_error(exc):
-        log.warning("value refused by a store", extra={"path": request.url.path, "error": repr(exc)})
+        log.warning(
+            "value refused by a store", extra={"path": request.url.path, "error": repr(exc)}
+        )
         return problem(status.HTTP_422_UNPROCESSABLE_CONTENT, "a value was refused by the database")
     raise exc  # a bug: the server error middleware answers 500 and logs the traceback
 

@@ -6,7 +6,7 @@ import uuid
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
-from pydantic import BaseModel, Field, field_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, StringConstraints
 
 from celery_stack_api import scans
 from celery_stack_api.auth import Principal
@@ -27,17 +27,42 @@ IdempotencyKey = Annotated[
 ]
 
 
-class ScanIn(BaseModel):
-    domain: str = Field(min_length=1, max_length=300, examples=["example.com"])
-    config: ScanConfig = Field(default_factory=ScanConfig)
+# The schema's constraint IS the validation: a name of ASCII labels (IDNs in their xn-- form),
+# at least two, a top-level label that starts with a letter, at most 253 characters.
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+DOMAIN_PATTERN = rf"^(?:{_LABEL}\.)+[A-Za-z](?:[A-Za-z0-9-]{{0,61}}[A-Za-z0-9])?\.?$"
 
-    @field_validator("domain")
-    @classmethod
-    def _domain(cls, value: str) -> str:
+
+def _explain(value: object) -> object:
+    """A clear message for the usual mistakes, before the pattern's generic one."""
+    if isinstance(value, str):
+        if not value.isascii():
+            raise ValueError("give the domain in its ASCII (IDNA, xn--) form")
         try:
-            return normalize_domain(value)
+            normalize_domain(value)
         except InvalidDomain as exc:
             raise ValueError(str(exc)) from None
+    return value
+
+
+def _normalize(value: str) -> str:
+    return normalize_domain(value)
+
+
+Domain = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=253, pattern=DOMAIN_PATTERN),
+    BeforeValidator(_explain),  # runs first: it wraps what is left of it
+    AfterValidator(_normalize),
+]
+
+
+class ScanIn(BaseModel):
+    domain: Domain = Field(
+        description="A domain name (stored lower-cased, trailing dot removed).",
+        examples=["example.com"],
+    )
+    config: ScanConfig = Field(default_factory=ScanConfig)
 
 
 def _owner(principal: Principal, user: str) -> str | None:
@@ -51,10 +76,14 @@ def _hooks(request: Request) -> scans.ScanHooks:
 
 @router.post(
     "",
+    name="create_scan",
     status_code=status.HTTP_201_CREATED,
-    responses={200: {"description": "Replay of an Idempotency-Key: the existing scan"}},
+    responses={
+        200: {"description": "Replay of an Idempotency-Key: the existing scan"},
+        409: {"description": "The Idempotency-Key was used for a different request."},
+    },
 )
-async def create_scan(
+async def post_scan(
     *,
     body: ScanIn,
     user: ActingUser,
@@ -84,7 +113,14 @@ async def read_scans(
     state: StateDep,
     principal: UserDep,
     status_filter: Annotated[Status | None, Query(alias="status")] = None,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    cursor: Annotated[
+        str | None,
+        Query(
+            max_length=200,
+            pattern=r"^[A-Za-z0-9_-]*$",
+            description="`next_cursor` of the previous page; empty or absent: the first page.",
+        ),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 50,
 ) -> dict[str, Any]:
     return await scans.list_scans(
@@ -114,14 +150,18 @@ async def read_findings(
     )
 
 
-@router.post("/{scan_id}/cancel")
+@router.post("/{scan_id}/cancel", responses={409: {"description": "The scan has finished."}})
 async def cancel_scan(
     *, scan_id: uuid.UUID, user: ActingUser, state: StateDep, principal: UserDep
 ) -> dict[str, Any]:
     return await scans.cancel_scan(state, scan_id, _owner(principal, user))
 
 
-@router.post("/{scan_id}/retry", status_code=status.HTTP_202_ACCEPTED)
+@router.post(
+    "/{scan_id}/retry",
+    status_code=status.HTTP_202_ACCEPTED,
+    responses={409: {"description": "The scan has not finished."}},
+)
 async def retry_scan(
     *,
     scan_id: uuid.UUID,
