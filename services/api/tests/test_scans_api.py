@@ -132,7 +132,9 @@ async def test_domain_schema_and_validation_agree(api, clean_db, domain):
 
     schema = (await api.get("/openapi.json")).json()["components"]["schemas"]["ScanIn"]
     field = schema["properties"]["domain"]
-    valid = bool(re.fullmatch(field.get("pattern", ".+"), domain)) and len(domain) <= field["maxLength"]
+    valid = (
+        bool(re.fullmatch(field.get("pattern", ".+"), domain)) and len(domain) <= field["maxLength"]
+    )
     r = await api.post("/api/v1/scans", json={"domain": domain})
     assert r.status_code == (201 if valid else 422), (domain, r.text)
 

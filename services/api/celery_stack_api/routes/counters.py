@@ -7,7 +7,7 @@ from enum import Enum
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, HTTPException, status
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from celery_stack_api import counting
 from celery_stack_api.deps import ActingUser, StateDep, TargetId, UserDep
@@ -45,6 +45,28 @@ class ViewOut(BaseModel):
     )
 
 
+class CountsOut(BaseModel):
+    # Extra keys a newer read path adds are passed through, not dropped.
+    model_config = ConfigDict(extra="allow")
+    id: int
+    type: str
+    counts: dict[str, int] = Field(
+        description="Exact counts: the database value plus what Redis still buffers."
+    )
+    unique_viewers: int | None = Field(
+        default=None,
+        description=(
+            "An ESTIMATE of distinct `viewer_id`s (Redis HyperLogLog, standard error about"
+            " 0.81%: 200 viewers may read 199 or 201), not an exact count. Absent where the"
+            " target has no views."
+        ),
+    )
+    partial: bool | None = Field(
+        default=None,
+        description="True when Redis was unreachable: buffered increments are not included.",
+    )
+
+
 class ActionOut(BaseModel):
     kind: str
     active: bool
@@ -77,7 +99,9 @@ async def record_view(
     return ViewOut(path=path)
 
 
-@router.get("/{target}/{target_id}/counts")
+@router.get(
+    "/{target}/{target_id}/counts", response_model=CountsOut, response_model_exclude_none=True
+)
 async def read_counts(
     *, target: TargetPath, target_id: TargetId, state: StateDep, _: UserDep
 ) -> dict[str, Any]:
