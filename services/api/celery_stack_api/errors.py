@@ -79,6 +79,11 @@ def _strings(value: Any, loc: tuple[str | int, ...]) -> Iterator[tuple[tuple[str
             yield from _strings(v, (*loc, i))
 
 
+def _printable(part: str | int) -> str | int:
+    """A location that can be sent back: an unacceptable key is shown escaped."""
+    return part if isinstance(part, int) else part.encode("utf-8", "backslashreplace").decode()
+
+
 def invalid_text(body: bytes) -> list[FieldError]:
     """Unacceptable text in a JSON body. Without a `\\u` escape there can be none: a raw NUL is
     invalid JSON and a raw surrogate invalid UTF-8, both refused by the parser later."""
@@ -89,7 +94,7 @@ def invalid_text(body: bytes) -> list[FieldError]:
     except ValueError:
         return []  # not JSON: the route's parser answers it
     return [
-        FieldError(loc=list(loc), msg=why, type="invalid_text")
+        FieldError(loc=[_printable(p) for p in loc], msg=why, type="invalid_text")
         for loc, s in _strings(data, ("body",))
         if (why := text_problem(s)) is not None
     ]
@@ -206,7 +211,11 @@ async def _invalid(request: Request, exc: RequestValidationError) -> JSONRespons
     # FastAPI's own handler echoes the input, which may not even be encodable (a lone
     # surrogate made it a 500): only where and why go back.
     errors = [
-        FieldError(loc=_loc(e.get("loc", ())), msg=str(e.get("msg", "")), type=str(e.get("type")))
+        FieldError(
+            loc=[_printable(p) for p in _loc(e.get("loc", ()))],
+            msg=str(_printable(str(e.get("msg", "")))),
+            type=str(e.get("type")),
+        )
         for e in exc.errors()
     ]
     first = errors[0] if errors else None
