@@ -167,6 +167,8 @@ async def scan(
             )
         landing = https_page or http_page
         if landing is None:
+            if found:  # e.g. redirect_blocked: a finding, not only words in the error text
+                await emit(found)
             raise ScanFailed(f"site unreachable (https: {https_error}; http: {http_error})")
 
         if https_page is None:
