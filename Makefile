@@ -6,7 +6,7 @@ PYTEST_ARGS ?=
 
 .PHONY: help
 help: ## List the targets.
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
 .tools/bin/uv:
 	@# uv from PyPI into a private prefix: a machine with only Python 3.11+ and make works.

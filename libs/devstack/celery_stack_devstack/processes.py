@@ -14,6 +14,9 @@ class Proc:
     env: dict[str, str] = field(default_factory=dict)
 
 
+ROOT_WARNING_FILTER = "ignore:You're running the worker with superuser privileges"
+
+
 def _bin(name: str) -> str:
     return str(Path(sys.executable).parent / name)
 
@@ -26,6 +29,9 @@ def worker(name: str, command: str, run_dir: Path, metrics_port: int, concurrenc
             "METRICS_PORT": str(metrics_port),
             "PROMETHEUS_MULTIPROC_DIR": str(run_dir / "prometheus" / name),
             "WORKER_HEARTBEAT_FILE": str(run_dir / f"{name}.alive"),
+            # Local runs are often root (containers, CI): Celery's warning about it is noise
+            # here; the chart runs workers as non-root.
+            "PYTHONWARNINGS": ROOT_WARNING_FILTER,
         },
     )
 
