@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import asyncpg
@@ -49,10 +49,14 @@ class Problem(BaseModel):
 
 
 def problem(
-    code: int, detail: str, errors: list[FieldError] | None = None, **headers: str
+    code: int,
+    detail: str,
+    errors: list[FieldError] | None = None,
+    *,
+    headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
     body = Problem(detail=detail, errors=errors).model_dump(exclude_none=True)
-    return JSONResponse(body, code, headers=headers or None)
+    return JSONResponse(body, code, headers=dict(headers) if headers else None)
 
 
 # --- which text is acceptable ----------------------------------------------------------------
@@ -199,7 +203,9 @@ async def _store_error(request: Request, exc: Exception) -> JSONResponse:
 
 def unavailable(detail: str) -> JSONResponse:
     return problem(
-        status.HTTP_503_SERVICE_UNAVAILABLE, detail, **{"Retry-After": str(RETRY_AFTER_SECONDS)}
+        status.HTTP_503_SERVICE_UNAVAILABLE,
+        detail,
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
     )
 
 
@@ -228,7 +234,7 @@ async def _invalid(request: Request, exc: RequestValidationError) -> JSONRespons
 
 
 async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-    return problem(exc.status_code, str(exc.detail), **(exc.headers or {}))
+    return problem(exc.status_code, str(exc.detail), headers=exc.headers)
 
 
 def status_handler(code: int) -> Any:

@@ -19,7 +19,18 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Row, Select, and_, delete, func, select, tuple_, update
+from sqlalchemy import (
+    ColumnElement,
+    Row,
+    Select,
+    and_,
+    delete,
+    func,
+    literal,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -174,7 +185,8 @@ async def list_scans(
         stmt = stmt.where(SCANS.c.status == status)
     if cursor:
         created, sid = decode_cursor(cursor)
-        stmt = stmt.where(tuple_(SCANS.c.created_at, SCANS.c.id) < tuple_(created, sid))
+        after = tuple_(literal(created, SCANS.c.created_at.type), literal(sid, SCANS.c.id.type))
+        stmt = stmt.where(tuple_(SCANS.c.created_at, SCANS.c.id) < after)
     stmt = stmt.order_by(SCANS.c.created_at.desc(), SCANS.c.id.desc()).limit(limit + 1)
     async with state.engine.connect() as conn:
         rows = (await conn.execute(stmt)).all()
