@@ -43,7 +43,7 @@ def test_a_file_left_by_a_stopped_stack_is_ignored(tmp_path):
 
 async def test_beat_status_reads_the_local_stacks_redis(tmp_path, settings, redis):
     await redis.set(keys.BEAT_LEADER, json.dumps({"owner": "beat-1", "epoch": 7}))
-    _stack(tmp_path, REDIS_URL=settings.REDIS_URL, DATABASE_URL=settings.DATABASE_URL)
+    _stack(tmp_path, REDIS_URL=settings.stores.redis_url, DATABASE_URL=settings.stores.database_url)
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
     out = subprocess.run(
         [str(Path(sys.executable).parent / "celery-stack-beat"), "status", "--json"],

@@ -82,5 +82,5 @@ def create_app(settings: Settings | None = None, *, view_fast_path: bool = True)
     # The last added is the outermost: the size limit first (nothing reads a larger body),
     # then the text rule, so the fast path above sees only acceptable text too.
     app.add_middleware(errors.TextGuard)
-    app.add_middleware(BodyLimit, max_bytes=settings.API_MAX_BODY_BYTES)
+    app.add_middleware(BodyLimit, max_bytes=settings.api.max_body_bytes)
     return app

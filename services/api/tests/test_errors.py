@@ -101,7 +101,7 @@ async def test_postgres_starting_or_stopping_is_503_everywhere(
 ):
     """Was a 500 for ~0.3 s of every PostgreSQL restart (CannotConnectNowError unmapped)."""
     async with fake_postgres(sqlstate, message) as url:
-        down = settings.model_copy(update={"DATABASE_URL": url})
+        down = settings.replace(DATABASE_URL=url)
         async with client_for(down) as api:
             for method, path in [
                 ("GET", "/api/v1/posts/5/counts"),
