@@ -111,7 +111,11 @@ class TextGuard:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS", "DELETE"):
+        if (
+            scope["type"] != "http"
+            or scope["method"] in ("GET", "HEAD", "OPTIONS")
+            or (b"content-length", b"0") in scope["headers"]  # no body: the hot view path
+        ):
             await self.app(scope, receive, send)
             return
         messages: list[Message] = []
