@@ -19,6 +19,7 @@ PID_KEY = "CELERY_STACK_RUN_PID"
 def write_stack_file(path: Path, settings: dict[str, str]) -> None:
     lines = [f"{PID_KEY}={os.getpid()}", *(f"{k}={v}" for k, v in sorted(settings.items()))]
     tmp = path.with_suffix(".tmp")
+    tmp.touch(mode=0o600)  # the URLs may carry passwords (DATABASE_URL of your own server)
     tmp.write_text("\n".join(lines) + "\n")
     tmp.replace(path)
 
