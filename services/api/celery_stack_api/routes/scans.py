@@ -5,11 +5,10 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
 from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, StringConstraints
 
 from celery_stack_api import scans
-from celery_stack_api.auth import Principal
 from celery_stack_api.deps import ActingUser, StateDep, UserDep
 from celery_stack_core.models import ScanStatus
 from celery_stack_core.scan_spec import InvalidDomain, ScanConfig, normalize_domain
@@ -65,13 +64,18 @@ class ScanIn(BaseModel):
     config: ScanConfig = Field(default_factory=ScanConfig)
 
 
-def _owner(principal: Principal, user: str) -> str | None:
+async def _owner(user: ActingUser, principal: UserDep) -> str | None:
+    """Whose scans this request may see: the acting user's; an admin token sees all (None)."""
     return None if "admin" in principal.scopes else user
 
 
-def _hooks(request: Request) -> scans.ScanHooks:
+async def _hooks(request: Request) -> scans.ScanHooks:
     hooks: scans.ScanHooks = getattr(request.app.state, "scan_hooks", scans.NO_HOOKS)
     return hooks
+
+
+OwnerDep = Annotated[str | None, Depends(_owner)]
+HooksDep = Annotated[scans.ScanHooks, Depends(_hooks)]
 
 
 @router.post(
@@ -89,7 +93,7 @@ async def post_scan(
     user: ActingUser,
     state: StateDep,
     _: UserDep,
-    request: Request,
+    hooks: HooksDep,
     response: Response,
     idempotency_key: IdempotencyKey = None,
 ) -> dict[str, Any]:
@@ -99,7 +103,7 @@ async def post_scan(
         domain=body.domain,
         config=body.config.model_dump(mode="json", exclude_defaults=True),
         idempotency_key=idempotency_key,
-        hooks=_hooks(request),
+        hooks=hooks,
     )
     if not created:
         response.status_code = status.HTTP_200_OK
@@ -109,9 +113,8 @@ async def post_scan(
 @router.get("")
 async def read_scans(
     *,
-    user: ActingUser,
+    owner: OwnerDep,
     state: StateDep,
-    principal: UserDep,
     status_filter: Annotated[ScanStatus | None, Query(alias="status")] = None,
     cursor: Annotated[
         str | None,
@@ -123,38 +126,29 @@ async def read_scans(
     ] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 50,
 ) -> dict[str, Any]:
-    return await scans.list_scans(
-        state, _owner(principal, user), status=status_filter, cursor=cursor, limit=limit
-    )
+    return await scans.list_scans(state, owner, status=status_filter, cursor=cursor, limit=limit)
 
 
 @router.get("/{scan_id}")
-async def read_scan(
-    *, scan_id: uuid.UUID, user: ActingUser, state: StateDep, principal: UserDep
-) -> dict[str, Any]:
-    return await scans.get_scan(state, scan_id, _owner(principal, user))
+async def read_scan(*, scan_id: uuid.UUID, owner: OwnerDep, state: StateDep) -> dict[str, Any]:
+    return await scans.get_scan(state, scan_id, owner)
 
 
 @router.get("/{scan_id}/findings")
 async def read_findings(
     *,
     scan_id: uuid.UUID,
-    user: ActingUser,
+    owner: OwnerDep,
     state: StateDep,
-    principal: UserDep,
     cursor: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> dict[str, Any]:
-    return await scans.list_findings(
-        state, scan_id, _owner(principal, user), after=cursor, limit=limit
-    )
+    return await scans.list_findings(state, scan_id, owner, after=cursor, limit=limit)
 
 
 @router.post("/{scan_id}/cancel", responses={409: {"description": "The scan has finished."}})
-async def cancel_scan(
-    *, scan_id: uuid.UUID, user: ActingUser, state: StateDep, principal: UserDep
-) -> dict[str, Any]:
-    return await scans.cancel_scan(state, scan_id, _owner(principal, user))
+async def cancel_scan(*, scan_id: uuid.UUID, owner: OwnerDep, state: StateDep) -> dict[str, Any]:
+    return await scans.cancel_scan(state, scan_id, owner)
 
 
 @router.post(
@@ -165,16 +159,13 @@ async def cancel_scan(
 async def retry_scan(
     *,
     scan_id: uuid.UUID,
-    user: ActingUser,
+    owner: OwnerDep,
     state: StateDep,
-    principal: UserDep,
-    request: Request,
+    hooks: HooksDep,
 ) -> dict[str, Any]:
-    return await scans.retry_scan(state, scan_id, _owner(principal, user), _hooks(request))
+    return await scans.retry_scan(state, scan_id, owner, hooks)
 
 
 @router.delete("/{scan_id}", status_code=status.HTTP_204_NO_CONTENT)
-async def delete_scan(
-    *, scan_id: uuid.UUID, user: ActingUser, state: StateDep, principal: UserDep
-) -> None:
-    await scans.delete_scan(state, scan_id, _owner(principal, user))
+async def delete_scan(*, scan_id: uuid.UUID, owner: OwnerDep, state: StateDep) -> None:
+    await scans.delete_scan(state, scan_id, owner)
