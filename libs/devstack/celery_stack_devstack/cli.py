@@ -22,12 +22,22 @@ def run(
         "--move-ports",
         help="Use free ports (and say which) where a port is taken, instead of stopping.",
     ),
+    prometheus: bool = typer.Option(
+        False, "--prometheus", help="Also start Prometheus (Debian's, `make tools`) on :9090."
+    ),
 ) -> None:
     """Start PostgreSQL and Redis (unless DATABASE_URL / REDIS_URL are set), migrate, run all."""
     from celery_stack_devstack.processes import Ports
     from celery_stack_devstack.run import main
 
-    raise typer.Exit(main(run_dir, Ports(api_port, demo_port, metrics_port_base), move=move_ports))
+    raise typer.Exit(
+        main(
+            run_dir,
+            Ports(api_port, demo_port, metrics_port_base),
+            prometheus=prometheus,
+            move=move_ports,
+        )
+    )
 
 
 @app.command()

@@ -18,6 +18,7 @@ from rich.markup import escape
 
 from celery_stack_core.localstack import STACK_FILE, write_stack_file
 from celery_stack_core.migrate import upgrade
+from celery_stack_devstack import prometheus_local
 from celery_stack_devstack.processes import Ports, Proc, local_stack
 from celery_stack_devstack.servers import PostgresServer, RedisServer, free_port, port_available
 
@@ -126,13 +127,14 @@ def _exited(children: list[Child], stop: threading.Event) -> bool:
     return False
 
 
-def _banner(stack: list[Proc], ports: Ports, stack_file: Path) -> str:
+def _banner(stack: list[Proc], ports: Ports, stack_file: Path, extra: list[str]) -> str:
     lines = [f"  {'api':<20} http://127.0.0.1:{ports.api}  (docs /docs, metrics /metrics)"]
     lines += [
         f"  {p.name:<20} metrics http://127.0.0.1:{p.env['METRICS_PORT']}/metrics"
         for p in stack
         if "METRICS_PORT" in p.env
     ]
+    lines += extra
     lines.append(
         f"  {'demo-site':<20} http://127.0.0.1:{ports.demo_site}/ (scan it as demo.localtest)"
     )
@@ -151,14 +153,14 @@ def _heartbeats(stack: list[Proc]) -> list[Path]:
 
 
 def _wait_ready(
-    stack: list[Proc], children: list[Child], ports: Ports, stack_file: Path, stop: threading.Event
+    stack: list[Proc], children: list[Child], api_url: str, banner: str, stop: threading.Event
 ) -> None:
     """Print the banner once the stack can do work, not when its processes were started."""
     started = time.time()
     deadline = time.monotonic() + READY_TIMEOUT
     while not stop.wait(0.5) and not _exited(children, stop):
-        if stack_ready(f"http://127.0.0.1:{ports.api}", _heartbeats(stack), started - 1):
-            console.print(_banner(stack, ports, stack_file))
+        if stack_ready(api_url, _heartbeats(stack), started - 1):
+            console.print(banner)
             return
         if time.monotonic() > deadline:
             console.print(f"[bold red]the stack is not ready after {READY_TIMEOUT:.0f}s[/]")
@@ -179,7 +181,13 @@ def _shutdown(children: list[Child], servers: list[Server]) -> None:
         s.stop()
 
 
-def main(run_dir: Path = Path(".run"), ports: Ports | None = None, *, move: bool = False) -> int:
+def main(
+    run_dir: Path = Path(".run"),
+    ports: Ports | None = None,
+    *,
+    prometheus: bool = False,
+    move: bool = False,
+) -> int:
     ports = ports or Ports()
     run_dir = run_dir.resolve()
     run_dir.mkdir(exist_ok=True)
@@ -197,13 +205,24 @@ def main(run_dir: Path = Path(".run"), ports: Ports | None = None, *, move: bool
         console.print("migrations applied")
         ports = dataclasses.replace(ports, api=pick_port(ports.api, "the API", move=move))
         stack = local_stack(run_dir, ports)
+        # Prometheus's port is probed only when it runs; otherwise the banner says how to.
+        prom_port = (
+            pick_port(prometheus_local.PORT, "Prometheus", move=move)
+            if prometheus
+            else prometheus_local.PORT
+        )
+        prom = prometheus_local.prepare(run_dir, ports.api, stack, port=prom_port)
+        if prometheus:
+            stack = [*stack, prom]
         # What the CLIs (celery-stack-beat status, the janitor) read to find this stack.
         write_stack_file(
             stack_file,
             {"DATABASE_URL": env["DATABASE_URL"], "REDIS_URL": env["REDIS_URL"]},
         )
         children = _spawn(stack, env)
-        _wait_ready(stack, children, ports, stack_file, stop)
+        extra = [prometheus_local.banner(prom, started=prometheus)]
+        banner = _banner(stack, ports, stack_file, extra)
+        _wait_ready(stack, children, f"http://127.0.0.1:{ports.api}", banner, stop)
         while not stop.wait(0.5):
             _exited(children, stop)
         return 0 if all(p.poll() is None for _, p in children) else 1
