@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 import signal
 import subprocess
@@ -49,6 +48,39 @@ def pick_port(preferred: int, what: str, *, move: bool) -> int:
         f"Commands that assume {preferred} will not reach it.[/]"
     )
     return port
+
+
+METRICS_PORTS = 5  # workers and beat replicas: Ports.metrics(0..4)
+
+
+def _free_run(n: int) -> int:
+    """The first of n consecutive ports free to bind."""
+    for base in range(20000, 60000, n):
+        if all(port_available(base + i) for i in range(n)):
+            return base
+    raise PortTaken(f"no {n} consecutive free ports")
+
+
+def pick_ports(ports: Ports, *, move: bool) -> Ports:
+    """Every port the stack's processes bind, each probed like pick_port."""
+    base = ports.metrics_base
+    if not all(port_available(base + i) for i in range(METRICS_PORTS)):
+        last = base + METRICS_PORTS - 1
+        if not move:
+            raise PortTaken(
+                f"a metrics port in {base}-{last} is in use by another process. Stop it, pass "
+                "--metrics-port-base, or pass --move-ports to use free ports."
+            )
+        base = _free_run(METRICS_PORTS)
+        console.print(
+            f"[bold red]!! a metrics port in {ports.metrics_base}-{last} is in use: "
+            f"metrics move to {base}-{base + METRICS_PORTS - 1}.[/]"
+        )
+    return Ports(
+        api=pick_port(ports.api, "the API", move=move),
+        demo_site=pick_port(ports.demo_site, "the demo site", move=move),
+        metrics_base=base,
+    )
 
 
 def stack_ready(api_url: str, heartbeat_files: list[Path], since: float) -> bool:
@@ -203,7 +235,7 @@ def main(
         asyncio.run(_ensure_database(env["DATABASE_URL"]))
         upgrade(env["DATABASE_URL"])
         console.print("migrations applied")
-        ports = dataclasses.replace(ports, api=pick_port(ports.api, "the API", move=move))
+        ports = pick_ports(ports, move=move)
         stack = local_stack(run_dir, ports)
         # Prometheus's port is probed only when it runs; otherwise the banner says how to.
         prom_port = (

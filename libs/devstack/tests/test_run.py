@@ -143,3 +143,24 @@ def test_make_help_lists_every_target_digits_included():
     out = subprocess.run(["make", "-s", "help"], cwd=ROOT, capture_output=True, text=True).stdout
     listed = {line.split()[0] for line in out.splitlines() if line.strip()}
     assert set(targets) <= listed
+
+
+def test_every_port_of_the_stack_is_probed(capsys):
+    """The demo site's and the metrics ports were not probed: a taken one killed the run with
+    a traceback from the child instead of a message."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        free = run._free_run(run.METRICS_PORTS + 2)
+        for ports, what in [
+            (Ports(api=free, demo_site=port, metrics_base=free + 1), "the demo site"),
+            (Ports(api=free, demo_site=free + 1, metrics_base=port - 2), "a metrics port"),
+        ]:
+            with pytest.raises(run.PortTaken, match=what):
+                run.pick_ports(ports, move=False)
+            moved = run.pick_ports(ports, move=True)
+            bound = {moved.api, moved.demo_site, *(moved.metrics(i) for i in range(5))}
+            assert port not in bound
