@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -206,6 +206,28 @@ class Settings(BaseSettings):
     OUTBOX_RELAY_MIN_AGE: float = Field(default=10.0, ge=0)
     # Rows the relay locks (FOR UPDATE SKIP LOCKED) and sends per batch.
     OUTBOX_RELAY_BATCH: int = Field(default=500, ge=1, le=10_000)
+
+    # --- maintenance rules (begin) ------------------------------------------------------------
+    # Run the shipped rule set (report 003's eleven jobs over the example tables of migration
+    # 0004); docs/maintenance-rules.md. Off: only MAINTENANCE_RULES run.
+    MAINTENANCE_DEFAULT_RULES: bool = True
+    # JSON object: default rule name -> fields to change, e.g.
+    # {"check-expired-coupons": {"every": 60, "batch_size": 2000}}.
+    MAINTENANCE_RULE_OVERRIDES: Annotated[dict[str, dict[str, Any]], NoDecode] = Field(
+        default_factory=dict
+    )
+    # JSON list of the operator's own rules (same format as the defaults), validated at startup
+    # against the live schema; a name used twice is refused.
+    MAINTENANCE_RULES: Annotated[list[dict[str, Any]], NoDecode] = Field(default_factory=list)
+
+    @field_validator("MAINTENANCE_RULE_OVERRIDES", "MAINTENANCE_RULES", mode="before")
+    @classmethod
+    def _parse_rules_json(cls, value: object) -> object:
+        if isinstance(value, str):
+            return json.loads(value) if value.strip() else None
+        return value
+
+    # --- maintenance rules (end) --------------------------------------------------------------
 
     @field_validator("SCANNER_RESOLVE", mode="before")
     @classmethod
