@@ -45,9 +45,13 @@ class Entry:
 
 
 def schedule(settings: Settings) -> list[Entry]:
-    return [
+    entries = [
         Entry("counters-flush", "counters.flush", settings.COUNTER_FLUSH_INTERVAL),
         Entry("counters-recount", "counters.recount", settings.RECOUNT_INTERVAL),
         Entry("counters-reconcile", "counters.reconcile", settings.RECONCILE_INTERVAL, "once"),
         Entry("outbox-relay", "maintenance.outbox_relay", settings.OUTBOX_RELAY_INTERVAL),
     ]
+    # Maintenance rules (celery_stack_core.rules): one entry each; a name used twice is refused.
+    from celery_stack_beat.rules_schedule import refuse_duplicates, rule_entries
+
+    return refuse_duplicates(entries + rule_entries(settings))

@@ -185,3 +185,26 @@ async def last_runs(engine: AsyncEngine) -> dict[str, dict[str, Any]]:
     async with engine.connect() as conn:
         rows = (await conn.execute(stmt)).mappings().all()
     return {r["rule"]: dict(r) for r in rows}
+
+
+NOTIFICATIONS: Table = statements.NOTIFICATIONS
+
+
+async def deliver(engine: AsyncEngine, notification_id: int) -> bool:
+    """Deliver one warning (here: mark it delivered and log it; a real deployment's task
+    would call its push or mail service first). Idempotent: the outbox sends at least once."""
+    stmt = (
+        update(NOTIFICATIONS)
+        .where(NOTIFICATIONS.c.id == notification_id, NOTIFICATIONS.c.delivered_at.is_(None))
+        .values(delivered_at=func.now())
+        .returning(NOTIFICATIONS.c.rule, NOTIFICATIONS.c.row_key, NOTIFICATIONS.c.recipient)
+    )
+    async with engine.begin() as conn:
+        row = (await conn.execute(stmt)).first()
+    if row is None:
+        return False  # delivered before (a resend) or gone
+    log.info(
+        "rule notification delivered",
+        extra={"rule": row.rule, "row_key": row.row_key, "recipient": row.recipient},
+    )
+    return True
