@@ -340,6 +340,6 @@ async def test_balance_key_must_be_unique(clean_db):
     }
     with pytest.raises(
         RuleConfigError,
-        match="field 'balance_key': point_grants.user_id must be a primary or unique key",
+        match=r"field 'balance_key': point_grants\.user_id must be a primary or unique key",
     ):
         await bind(clean_db, build_rules(defaults=False, overrides={}, extra=[rule]))

@@ -143,7 +143,7 @@ async def test_four_runners_never_do_anything_twice(settings, audited, tmp_path)
         assert p.stdout.readline().strip() == b"ready", p.stderr.read().decode()[-3000:]
     go.touch()
     outs = [p.communicate(timeout=180) for p in procs]
-    for p, (out, err) in zip(procs, outs, strict=True):
+    for p, (_out, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err.decode()[-3000:]
     totals = [json.loads(out.decode().splitlines()[-1]) for out, _ in outs]
     rows = {r: sum(t[r] for t in totals) for r in RULES}

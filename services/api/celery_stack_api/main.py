@@ -15,8 +15,7 @@ from celery_stack_api.auth import TokenTable
 from celery_stack_api.counting import NotFound, Unavailable
 from celery_stack_api.fastpath import ViewFastPath
 from celery_stack_api.limits import BodyLimit
-from celery_stack_api.routes import content, counters, health, scans
-from celery_stack_api.routes import examples, rules
+from celery_stack_api.routes import content, counters, examples, health, rules, scans
 from celery_stack_api.scans import BadCursor, ScanConflict, ScanNotFound
 from celery_stack_api.state import AppState
 from celery_stack_core import outbox

@@ -117,7 +117,8 @@ def _type_checks(rule: Rule, tables: dict[str, Table]) -> Iterator[str]:
     if isinstance(rule, Transition | WarningRule):
         col: Column[object] = tables[rule.table].c[rule.timestamp]
         if not isinstance(col.type, DateTime):
-            yield f"field 'timestamp': column {rule.table}.{col.name} is {col.type}, not a timestamp"
+            where = f"{rule.table}.{col.name}"
+            yield f"field 'timestamp': column {where} is {col.type}, not a timestamp"
     if isinstance(rule, BalanceExpiry) and not _unique(
         tables[rule.balance_table], rule.balance_key
     ):

@@ -30,7 +30,7 @@ from celery_stack_core.rules.bind import Bound
 from celery_stack_core.rules.spec import Rule, Transition
 
 log = logging.getLogger(__name__)
-RUNS: Table = RuleRun.__table__  # type: ignore[assignment]
+RUNS: Table = RuleRun.__table__
 
 BatchFn = Callable[[AsyncConnection, Bound, datetime, Any], Awaitable[statements.Batch]]
 KINDS: dict[str, BatchFn] = {
@@ -118,8 +118,8 @@ async def run_rule(
 async def claim_run(engine: AsyncEngine, rule: str, task_id: str) -> bool:
     """Record the run; False when this task id already ran to completion (a beat slot sent
     twice). A run that died mid-way is claimed again by its redelivery (attempts + 1)."""
-    stmt = insert(RUNS).values(task_id=task_id, rule=rule)
-    stmt = stmt.on_conflict_do_update(
+    new = insert(RUNS).values(task_id=task_id, rule=rule)
+    stmt = new.on_conflict_do_update(
         index_elements=[RUNS.c.task_id],
         set_={"attempts": RUNS.c.attempts + 1, "status": "running", "started_at": func.now()},
         where=RUNS.c.status != "done",

@@ -66,8 +66,8 @@ def build_rules(
     used twice refused (two definitions of one job is report 003's duplicate-task bug)."""
     sources: list[tuple[str, Mapping[str, Any]]] = []
     if defaults:
-        for i, raw in enumerate(with_overrides(DEFAULT_RULES, overrides)):
-            sources.append((f"default rule {i}", raw))
+        merged = with_overrides(DEFAULT_RULES, overrides)
+        sources += [(f"default rule {i}", rule) for i, rule in enumerate(merged)]
     elif overrides:
         raise RuleConfigError(
             "MAINTENANCE_RULE_OVERRIDES is set but MAINTENANCE_DEFAULT_RULES is off"
@@ -75,8 +75,8 @@ def build_rules(
     sources += [(f"MAINTENANCE_RULES[{i}]", raw) for i, raw in enumerate(extra)]
     rules: list[Rule] = []
     seen: dict[str, str] = {}
-    for where, raw in sources:
-        rule = parse_rule(raw, where=where)
+    for where, data in sources:
+        rule = parse_rule(data, where=where)
         if rule.name in seen:
             raise RuleConfigError(
                 f"{where}: rule name {rule.name!r} is already defined by {seen[rule.name]}; "

@@ -45,8 +45,8 @@ from celery_stack_core.rules.spec import (
 from celery_stack_core.tracing import inject_context
 
 NOTIFY_TASK = "maintenance.rule_notify"
-NOTIFICATIONS: Table = RuleNotification.__table__  # type: ignore[assignment]
-OUTBOX: Table = Outbox.__table__  # type: ignore[assignment]
+NOTIFICATIONS: Table = RuleNotification.__table__
+OUTBOX: Table = Outbox.__table__
 
 
 @dataclass
@@ -66,8 +66,8 @@ def guard(table: Table, g: Guard) -> ColumnElement[bool]:
         "le": lambda: col <= g.value,
         "gt": lambda: col > g.value,
         "ge": lambda: col >= g.value,
-        "in": lambda: col.in_(g.value),  # type: ignore[arg-type]
-        "not_in": lambda: col.not_in(g.value),  # type: ignore[arg-type]
+        "in": lambda: col.in_(g.value),
+        "not_in": lambda: col.not_in(g.value),
         "is_null": lambda: col.is_(None),
         "not_null": lambda: col.is_not(None),
     }

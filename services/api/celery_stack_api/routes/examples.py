@@ -124,7 +124,7 @@ class ChatMessageIn(_In):
 
 
 async def _add_to_balance(conn: AsyncConnection, row: dict[str, Any]) -> None:
-    bal: Table = models.PointBalance.__table__  # type: ignore[assignment]
+    bal: Table = models.PointBalance.__table__
     stmt = pg_insert(bal).values(user_id=row["user_id"], balance=row["points"])
     await conn.execute(
         stmt.on_conflict_do_update(
@@ -135,7 +135,7 @@ async def _add_to_balance(conn: AsyncConnection, row: dict[str, Any]) -> None:
 
 
 async def _touch_chat(conn: AsyncConnection, row: dict[str, Any]) -> None:
-    chats: Table = models.Chat.__table__  # type: ignore[assignment]
+    chats: Table = models.Chat.__table__
     await conn.execute(
         update(chats).where(chats.c.id == row["chat_id"]).values(last_message_at=func.now())
     )
@@ -224,7 +224,7 @@ async def create_example(
 
 
 async def _require_chat(state: StateDep, chat_id: int) -> None:
-    chats: Table = models.Chat.__table__  # type: ignore[assignment]
+    chats: Table = models.Chat.__table__
     async with state.engine.connect() as conn:
         if await conn.scalar(select(chats.c.id).where(chats.c.id == chat_id)) is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"chat {chat_id} not found")
