@@ -51,7 +51,7 @@ async def _seed(engine: AsyncEngine) -> int:
         await conn.execute(
             text(
                 "INSERT INTO coupons (code, expires_at) SELECT 'c' || g, "
-                "CASE WHEN (g * 7919) % 1000 < :share THEN now() - interval '1 hour' "
+                "CASE WHEN (g::bigint * 7919) % 1000 < :share THEN now() - interval '1 hour' "
                 "ELSE now() + interval '1 day' END FROM generate_series(1, :n) AS g"
             ),
             {"n": ROWS, "share": int(ELIGIBLE_SHARE * 1000)},

@@ -124,7 +124,7 @@ async def transition(conn: AsyncConnection, b: Bound, now: datetime, cursor: Any
     rule = b.rule
     assert isinstance(rule, Transition)
     n = int((await conn.execute(_moved(b, rule, now))).rowcount or 0)
-    return Batch(n, n >= rule.batch_size)
+    return Batch(n, full=n >= rule.batch_size)
 
 
 async def balance_expiry(conn: AsyncConnection, b: Bound, now: datetime, cursor: Any) -> Batch:
@@ -156,7 +156,7 @@ async def balance_expiry(conn: AsyncConnection, b: Bound, now: datetime, cursor:
         select(func.count()).select_from(deducted).scalar_subquery(),
     )
     n, _ = (await conn.execute(stmt)).one()
-    return Batch(int(n), int(n) >= rule.batch_size)
+    return Batch(int(n), full=int(n) >= rule.batch_size)
 
 
 async def warning(conn: AsyncConnection, b: Bound, now: datetime, cursor: Any) -> Batch:
@@ -225,7 +225,7 @@ async def warning(conn: AsyncConnection, b: Bound, now: datetime, cursor: Any) -
         OutboxMessage(r.id, NOTIFY_TASK, r.task_id, list(r.args), {}, dict(r.trace_context))
         for r in rows
     ]
-    return Batch(len(rows), len(rows) >= rule.batch_size, messages=messages)
+    return Batch(len(rows), full=len(rows) >= rule.batch_size, messages=messages)
 
 
 def _rollup_value(b: Bound, agg: Any, key: Any) -> Any:
@@ -282,7 +282,7 @@ async def rollup(conn: AsyncConnection, b: Bound, now: datetime, cursor: Any) ->
         select(func.count()).select_from(changed).scalar_subquery(),
     )
     last, seen, n = (await conn.execute(stmt)).one()
-    return Batch(int(n), int(seen) >= rule.batch_size, cursor=last)
+    return Batch(int(n), full=int(seen) >= rule.batch_size, cursor=last)
 
 
 def pair(waiting: list[Any], free: list[tuple[Any, int]]) -> list[tuple[Any, Any]]:
@@ -315,7 +315,7 @@ async def assignment(conn: AsyncConnection, b: Bound, now: datetime, cursor: Any
         )
     ).all()
     if not waiting:
-        return Batch(0, False)
+        return Batch(0, full=False)
     # The assignee rows stay locked until COMMIT: their load cannot change under us, and
     # a concurrent runner skips them.
     load = (
@@ -335,7 +335,7 @@ async def assignment(conn: AsyncConnection, b: Bound, now: datetime, cursor: Any
     ).all()
     pairs = pair(list(waiting), [(a, int(n)) for a, n in free])
     if not pairs:
-        return Batch(0, False)
+        return Batch(0, full=False)
     v = values(
         sql_column("item", t.c[rule.key].type),
         sql_column("assignee", pool.c[rule.pool_key].type),
@@ -353,4 +353,4 @@ async def assignment(conn: AsyncConnection, b: Bound, now: datetime, cursor: Any
         )
     )
     n = int((await conn.execute(stmt)).rowcount or 0)
-    return Batch(n, len(waiting) >= rule.batch_size and n == len(waiting))
+    return Batch(n, full=len(waiting) >= rule.batch_size and n == len(waiting))
