@@ -315,6 +315,7 @@ def test_overrides_of_unknown_rules_are_refused():
             "field 'timestamp': table 'coupons' has no column 'expires' \\(it has: id, code",
         ),
         ({"timestamp": "code"}, "field 'timestamp': column coupons.code is TEXT, not a timestamp"),
+        ({"set_now": ["code"]}, r"field 'set_now\[0\]': column coupons.code is TEXT, not a"),
         (
             {"guards": [{"column": "nope", "op": "is_null"}]},
             "field 'guards\\[0\\].column': table 'coupons' has no column 'nope'",

@@ -113,7 +113,17 @@ def _unique(table: Table, column: str) -> bool:
     return [column] in keys
 
 
+def _set_now_checks(rule: Rule, tables: dict[str, Table]) -> Iterator[str]:
+    set_now: tuple[str, ...] = getattr(rule, "set_now", ())
+    table = rule.target if isinstance(rule, Rollup) else getattr(rule, "table", "")
+    for i, name in enumerate(set_now):
+        col = tables[table].c[name]
+        if not isinstance(col.type, DateTime):
+            yield f"field 'set_now[{i}]': column {table}.{name} is {col.type}, not a timestamp"
+
+
 def _type_checks(rule: Rule, tables: dict[str, Table]) -> Iterator[str]:
+    yield from _set_now_checks(rule, tables)
     if isinstance(rule, Transition | WarningRule):
         col: Column[object] = tables[rule.table].c[rule.timestamp]
         if not isinstance(col.type, DateTime):
