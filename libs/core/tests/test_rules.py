@@ -344,3 +344,35 @@ async def test_balance_key_must_be_unique(clean_db):
         match=r"field 'balance_key': point_grants\.user_id must be a primary or unique key",
     ):
         await bind(clean_db, build_rules(defaults=False, overrides={}, extra=[rule]))
+
+
+async def test_only_transient_errors_are_retried(clean_db, monkeypatch):
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
+    from celery_stack_core.rules import engine as rules_engine
+
+    rules = await bound_defaults(clean_db, **{"check-expired-coupons": {"retries": 2}})
+    coupons = rules["check-expired-coupons"]
+    real = rules_engine.KINDS["transition"]
+    calls = []
+
+    def failing(exc, times):
+        async def batch(conn, bound, now, cursor):
+            calls.append(exc.__class__.__name__)
+            if len(calls) <= times:
+                raise exc
+            return await real(conn, bound, now, cursor)
+
+        return batch
+
+    lost = OperationalError("UPDATE coupons", {}, ConnectionResetError("connection lost"))
+    monkeypatch.setitem(rules_engine.KINDS, "transition", failing(lost, 2))
+    assert (await run_rule(clean_db, coupons, now=at(1))).batches == 1
+    assert calls == ["OperationalError"] * 3  # two failures, then the batch ran
+
+    calls.clear()
+    broken = IntegrityError("UPDATE coupons", {}, ValueError("check constraint"))
+    monkeypatch.setitem(rules_engine.KINDS, "transition", failing(broken, 1))
+    with pytest.raises(IntegrityError):
+        await run_rule(clean_db, coupons, now=at(1))
+    assert calls == ["IntegrityError"]  # not retried
