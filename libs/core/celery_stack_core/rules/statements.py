@@ -31,6 +31,7 @@ from sqlalchemy import column as sql_column
 from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from celery_stack_core.celery_app import queue_of
 from celery_stack_core.models import Outbox, RuleNotification
 from celery_stack_core.outbox import OutboxMessage
 from celery_stack_core.rules.bind import Bound
@@ -211,7 +212,7 @@ async def warning(conn: AsyncConnection, b: Bound, now: datetime, cursor: Any) -
         select(
             literal(NOTIFY_TASK),
             literal("notify-") + cast(inserted.c.id, Text),
-            literal("maintenance"),
+            literal(queue_of(NOTIFY_TASK)),
             func.jsonb_build_array(inserted.c.id),
             cast(literal(carrier), JSONB),
         ),
