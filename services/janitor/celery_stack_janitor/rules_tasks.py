@@ -79,10 +79,10 @@ def register(app: Celery, settings: Settings) -> list[Rule]:
     against the live schema when the worker starts (a bad rule stops the boot)."""
     rules = tuple(r for r in load_rules(settings) if r.enabled)
     for rule in rules:
-        if rule.time_limit >= settings.CELERY_VISIBILITY_TIMEOUT:
+        if rule.time_limit >= settings.celery.visibility_timeout:
             raise RuleConfigError(
                 f"rule {rule.name!r}: field 'time_limit' ({rule.time_limit}s) must be below "
-                f"CELERY_VISIBILITY_TIMEOUT ({settings.CELERY_VISIBILITY_TIMEOUT}s), or a "
+                f"CELERY_VISIBILITY_TIMEOUT ({settings.celery.visibility_timeout}s), or a "
                 "running rule's message is redelivered to a second worker"
             )
         name = rules_engine.task_name(rule)

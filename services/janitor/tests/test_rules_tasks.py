@@ -9,7 +9,6 @@ import pytest
 from sqlalchemy import text
 
 from celery_stack_core.celery_app import make_celery
-from celery_stack_core.config import Settings
 from celery_stack_core.rules import RuleConfigError
 from celery_stack_devstack.pytest_plugin import wait_until
 from celery_stack_janitor.rules_tasks import register
@@ -33,12 +32,9 @@ def test_a_task_name_registered_twice_is_refused(settings):
 
 
 def test_a_rule_longer_than_the_visibility_timeout_is_refused(settings):
-    s = Settings(
-        **{
-            **settings.model_dump(),
-            "MAINTENANCE_RULE_OVERRIDES": {
-                "check-expired-coupons": {"time_limit": 4000, "soft_time_limit": 3900}
-            },
+    s = settings.replace(
+        MAINTENANCE_RULE_OVERRIDES={
+            "check-expired-coupons": {"time_limit": 4000, "soft_time_limit": 3900}
         }
     )
     with pytest.raises(RuleConfigError, match="rule 'check-expired-coupons': field 'time_limit'"):

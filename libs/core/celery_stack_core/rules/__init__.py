@@ -19,9 +19,9 @@ from celery_stack_core.rules.spec import Rule
 def load_rules(settings: Settings) -> list[Rule]:
     """This deployment's rules from settings; RuleConfigError names the rule and field."""
     return build_rules(
-        defaults=settings.MAINTENANCE_DEFAULT_RULES,
-        overrides=settings.MAINTENANCE_RULE_OVERRIDES,
-        extra=settings.MAINTENANCE_RULES,
+        defaults=settings.maintenance.default_rules,
+        overrides=settings.maintenance.rule_overrides,
+        extra=settings.maintenance.rules,
     )
 
 
