@@ -322,7 +322,6 @@ ROLE_FAMILIES: dict[str, tuple[str, ...]] = {
         f"{NS}_outbox_",
         f"{NS}_scans_by_status",
         f"{NS}_rule_",
-        f"{NS}_task_duplicates_refused",
     ),
     "beat": (*_PROCESS, *_CELERY_PUBLISH, f"{NS}_beat_"),
     "janitor": (*_PROCESS, *_JANITOR),
