@@ -34,7 +34,7 @@ ELIGIBLE_SHARE = 0.3
 BATCH = 2000
 TARGET_RATIO = 20.0
 TARGET_WRITER_WAIT_MS = 100.0
-TARGETS = {
+TARGETS: dict[str, tuple[str, float, str]] = {
     "ratio": (">=", TARGET_RATIO, "our rows/s over report 003's ORM loop"),
     "ours_writer_max_wait_ms": (
         "<=",
