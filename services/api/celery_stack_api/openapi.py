@@ -23,6 +23,7 @@ DESCRIPTIONS = {
     401: "Missing or invalid bearer token.",
     403: "The token lacks the scope this operation needs.",
     404: "No such resource, or not one this user may see.",
+    405: "Not allowed on this resource.",
     409: "The resource's state does not allow this.",
     413: "The body is larger than API_MAX_BODY_BYTES.",
     422: "Invalid request: `errors` lists each invalid field.",
