@@ -7,17 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from celery_stack_core import metrics
+from celery_stack_core.hooks import HOOKS
 from celery_stack_core.identity import owner_is_gone
 from celery_stack_core.retry import with_retry
 from celery_stack_core.scan_spec import ScanConfig
@@ -27,18 +26,6 @@ from celery_stack_scans.lifecycle import Progress
 from celery_stack_scans.scanner import ScanFailed, ScanOptions, scan
 
 log = logging.getLogger(__name__)
-
-# (step, domain) -> None or an awaitable, called at "claimed" and before every checkpoint.
-# None in production; only tests set it (to kill the process or delete the row at a step).
-StepHook = Callable[[str, str], Awaitable[None] | None]
-step_hook: StepHook | None = None
-
-
-async def _step(step: str, domain: str) -> None:
-    if step_hook is not None:
-        result = step_hook(step, domain)
-        if inspect.isawaitable(result):
-            await result
 
 
 @dataclass(frozen=True)
@@ -121,7 +108,7 @@ async def run_scan(
             "delivery": claim.deliveries,
         },
     )
-    await _step("claimed", claim.domain)
+    await HOOKS.reach("scans", "claimed", claim.domain)
 
     stop: list[Progress] = []
 
@@ -141,7 +128,7 @@ async def run_scan(
                 stop.append(progress)
 
     async def checkpoint(found: list[Finding]) -> bool:
-        await _step("checkpoint", claim.domain)
+        await HOOKS.reach("scans", "checkpoint", claim.domain)
         if stop:
             return False
         progress = await with_retry(

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import text
 
 from celery_stack_core import metrics
-from celery_stack_scans import run as run_mod
+from celery_stack_core.hooks import HOOKS
 from celery_stack_scans.run import RunLimits, run_scan
 
 LIMITS = RunLimits(heartbeat_interval=0.2, stale_after=1.0, max_deliveries=3, deadline=30)
@@ -50,8 +50,8 @@ def counter(metric, *labels):
 
 @pytest.fixture
 def hook():
-    yield lambda fn: setattr(run_mod, "step_hook", fn)
-    run_mod.step_hook = None
+    yield lambda fn: HOOKS.install("scans", fn)
+    HOOKS.remove("scans")
 
 
 async def test_scan_succeeds_once(clean_db, site, scan_options):
