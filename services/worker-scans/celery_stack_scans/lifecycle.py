@@ -33,6 +33,15 @@ FINDINGS = FindingRow.__table__
 
 
 @dataclass(frozen=True)
+class Delivery:
+    """One delivery of one attempt of a scan, by one worker: what "ours" means."""
+
+    scan_id: uuid.UUID
+    attempt: int
+    worker: str
+
+
+@dataclass(frozen=True)
 class Claim:
     outcome: ClaimOutcome
     domain: str = ""
@@ -98,24 +107,19 @@ def _update(scan_id: uuid.UUID) -> Update:
 
 
 async def claim(
-    engine: AsyncEngine,
-    scan_id: uuid.UUID,
-    attempt: int,
-    worker: str,
-    *,
-    stale_after: float,
-    max_deliveries: int,
+    engine: AsyncEngine, d: Delivery, *, stale_after: float, max_deliveries: int
 ) -> Claim:
+    scan_id, worker = d.scan_id, d.worker
     async with engine.begin() as conn:
         row = await _locked(conn, scan_id)
         if row is None:
             return Claim("gone")
-        early = _claim_refused(row, attempt, worker, stale_after)
+        early = _claim_refused(row, d, stale_after)
         if early is not None:
             return early
         deliveries = row.deliveries + 1
         if deliveries > max_deliveries:
-            await _mark_dead(conn, scan_id, row, attempt, deliveries)
+            await _mark_dead(conn, d, row, deliveries)
             return Claim("dead", deliveries=deliveries, status="dead")
         await conn.execute(
             _update(scan_id).values(
@@ -140,13 +144,13 @@ def _claimed(row: Locked, deliveries: int) -> Claim:
     )
 
 
-def _claim_refused(row: Locked, attempt: int, worker: str, stale_after: float) -> Claim | None:
+def _claim_refused(row: Locked, d: Delivery, stale_after: float) -> Claim | None:
     """The claim's answer when the row is not ours to take (or already ours); None to take it."""
-    if row.attempt != attempt:
+    if row.attempt != d.attempt:
         return Claim("stale_attempt", status=row.status)
     if row.status not in LIVE_STATUSES:
         return Claim("finished", status=row.status)
-    if row.status == "running" and row.worker == worker and row.hb_age is not None:
+    if row.status == "running" and row.worker == d.worker and row.hb_age is not None:
         # Our own claim, committed but its reply lost (a retried claim): keep it. Not
         # once released (heartbeat NULL): then a redelivery to us is a new delivery.
         return _claimed(row, row.deliveries)
@@ -157,15 +161,13 @@ def _claim_refused(row: Locked, attempt: int, worker: str, stale_after: float) -
     return None
 
 
-async def _mark_dead(
-    conn: AsyncConnection, scan_id: uuid.UUID, row: Locked, attempt: int, deliveries: int
-) -> None:
+async def _mark_dead(conn: AsyncConnection, d: Delivery, row: Locked, deliveries: int) -> None:
     reason = (
-        f"dead after {deliveries - 1} deliveries of attempt {attempt}: no delivery "
+        f"dead after {deliveries - 1} deliveries of attempt {d.attempt}: no delivery "
         f"finished it (its worker died or the task failed; last: {row.worker})"
     )
     await conn.execute(
-        _update(scan_id).values(
+        _update(d.scan_id).values(
             status="dead",
             error=reason,
             finished_at=func.now(),
@@ -175,39 +177,31 @@ async def _mark_dead(
     )
 
 
-def _progress(
-    status: str | None, attempt: int, worker: str | None, *, ours: tuple[int, str]
-) -> Progress:
+def _progress(status: str | None, attempt: int, worker: str | None, d: Delivery) -> Progress:
     if status is None:
         return "gone"
     if status == "cancelled":
         return "cancelled"
-    if status != "running" or (attempt, worker) != ours:
+    if status != "running" or (attempt, worker) != (d.attempt, d.worker):
         return "lost"
     return "ok"
 
 
-def _progress_of(row: Locked | None, attempt: int, worker: str) -> Progress:
+def _progress_of(row: Locked | None, d: Delivery) -> Progress:
     if row is None:
         return "gone"
-    return _progress(row.status, row.attempt, row.worker, ours=(attempt, worker))
+    return _progress(row.status, row.attempt, row.worker, d)
 
 
-async def checkpoint(
-    engine: AsyncEngine,
-    scan_id: uuid.UUID,
-    attempt: int,
-    worker: str,
-    findings: list[Finding],
-) -> Progress:
+async def checkpoint(engine: AsyncEngine, d: Delivery, findings: list[Finding]) -> Progress:
     """Store findings (idempotently) and touch the heartbeat, if the scan is still ours."""
     async with engine.begin() as conn:
-        progress = _progress_of(await _locked(conn, scan_id), attempt, worker)
+        progress = _progress_of(await _locked(conn, d.scan_id), d)
         if progress != "ok":
             return progress
-        await conn.execute(_update(scan_id).values(heartbeat_at=func.now()))
+        await conn.execute(_update(d.scan_id).values(heartbeat_at=func.now()))
         if findings:
-            rows = [{"scan_id": scan_id, **_row(f)} for f in findings]
+            rows = [{"scan_id": d.scan_id, **_row(f)} for f in findings]
             await conn.execute(
                 insert(FINDINGS)
                 .values(rows)
@@ -227,45 +221,43 @@ def _row(f: Finding) -> dict[str, object]:
     }
 
 
-def _ours(scan_id: uuid.UUID, attempt: int, worker: str) -> ColumnElement[bool]:
+def _ours(d: Delivery) -> ColumnElement[bool]:
     c = SCANS.c
-    return and_(c.id == scan_id, c.attempt == attempt, c.worker == worker, c.status == "running")
+    return and_(
+        c.id == d.scan_id, c.attempt == d.attempt, c.worker == d.worker, c.status == "running"
+    )
 
 
-async def heartbeat(engine: AsyncEngine, scan_id: uuid.UUID, attempt: int, worker: str) -> Progress:
+async def heartbeat(engine: AsyncEngine, d: Delivery) -> Progress:
     async with engine.begin() as conn:
         touched = await conn.execute(
-            update(SCANS)
-            .where(_ours(scan_id, attempt, worker))
-            .values(heartbeat_at=func.now())
-            .returning(SCANS.c.id)
+            update(SCANS).where(_ours(d)).values(heartbeat_at=func.now()).returning(SCANS.c.id)
         )
         if touched.first() is not None:
             return "ok"
         c = SCANS.c
         row = (
-            await conn.execute(select(c.status, c.attempt, c.worker).where(c.id == scan_id))
+            await conn.execute(select(c.status, c.attempt, c.worker).where(c.id == d.scan_id))
         ).first()
         if row is None:
             return "gone"
-        return _progress(row.status, row.attempt, row.worker, ours=(attempt, worker))
+        return _progress(row.status, row.attempt, row.worker, d)
 
 
 async def finish(
     engine: AsyncEngine,
-    scan_id: uuid.UUID,
-    attempt: int,
-    worker: str,
+    d: Delivery,
+    *,
     status: Literal["succeeded", "failed"],
     error: str | None = None,
 ) -> Progress:
     """The one terminal transition a worker makes; a no-op unless the scan is still ours."""
     async with engine.begin() as conn:
-        progress = _progress_of(await _locked(conn, scan_id), attempt, worker)
+        progress = _progress_of(await _locked(conn, d.scan_id), d)
         if progress != "ok":
             return progress
         await conn.execute(
-            _update(scan_id).values(
+            _update(d.scan_id).values(
                 status=status, error=error, finished_at=func.now(), heartbeat_at=None
             )
         )
@@ -278,13 +270,9 @@ async def holder(engine: AsyncEngine, scan_id: uuid.UUID) -> str | None:
         return None if value is None else str(value)
 
 
-async def release_dead(
-    engine: AsyncEngine, scan_id: uuid.UUID, attempt: int, dead_worker: str
-) -> None:
+async def release_dead(engine: AsyncEngine, dead: Delivery) -> None:
     """Expire the heartbeat of a scan whose worker process is known to be gone (or whose task
     gave up on it), so the next claim takes it over at once as a new delivery, counted toward
     the cap."""
     async with engine.begin() as conn:
-        await conn.execute(
-            update(SCANS).where(_ours(scan_id, attempt, dead_worker)).values(heartbeat_at=None)
-        )
+        await conn.execute(update(SCANS).where(_ours(dead)).values(heartbeat_at=None))
