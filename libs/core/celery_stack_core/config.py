@@ -478,14 +478,17 @@ class Settings(BaseModel):
         names = self.env_names()
         for key, value in self.values().items():
             if names[key][0].startswith("queues.") and isinstance(value, list):
-                out[key] = ",".join(value)  # <QUEUE>_QUEUES is comma-separated
+                if value:
+                    out[key] = ",".join(value)  # <QUEUE>_QUEUES is comma-separated
             elif isinstance(value, list):
                 out[key] = json.dumps(
                     [v.model_dump() if isinstance(v, BaseModel) else v for v in value]
                 )
             elif isinstance(value, dict):
                 out[key] = json.dumps(value)
-            else:
+            elif value != "":
+                # Empty is left out, never exported as "": some libraries read these variables
+                # themselves (prometheus_client takes PROMETHEUS_MULTIPROC_DIR="" as a directory).
                 out[key] = str(value)
         return out
 
