@@ -23,7 +23,7 @@ def shard_keys(target: TargetType, field: str, target_id: int, shards: int) -> k
     return keys.ShardKeys(target, field, keys.shard_of(target_id, shards))
 
 
-async def increment(
+async def increment(  # noqa: PLR0913 - one id of one field; the options are keyword-only
     redis: aioredis.Redis,
     target: TargetType,
     field: str,
