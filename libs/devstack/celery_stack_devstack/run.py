@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from celery_stack_core.migrate import upgrade
+from celery_stack_devstack import prometheus_local
 from celery_stack_devstack.processes import Ports, Proc, local_stack
 from celery_stack_devstack.servers import PostgresServer, RedisServer, free_port
 
@@ -87,13 +88,14 @@ def _start(stack: list[Proc], env: dict[str, str], children: Children) -> None:
         ).start()
 
 
-def _banner(stack: list[Proc], ports: Ports) -> None:
+def _banner(stack: list[Proc], ports: Ports, prometheus_line: str) -> None:
     lines = [f"  {'api':<20} http://127.0.0.1:{ports.api}  (docs /docs, metrics /metrics)"]
     lines += [
         f"  {p.name:<20} metrics http://127.0.0.1:{p.env['METRICS_PORT']}/metrics"
         for p in stack
         if "METRICS_PORT" in p.env
     ]
+    lines.append(prometheus_line)
     lines.append(
         f"  {'demo-site':<20} http://127.0.0.1:{ports.demo_site}/ (scan it as demo.localtest)"
     )
@@ -130,7 +132,9 @@ def _stop(children: Children, servers: list[PostgresServer | RedisServer]) -> No
     console.print("stopped")
 
 
-def main(run_dir: Path = Path(".run"), ports: Ports | None = None) -> int:
+def main(
+    run_dir: Path = Path(".run"), ports: Ports | None = None, *, prometheus: bool = False
+) -> int:
     ports = ports or Ports()
     run_dir = run_dir.resolve()
     run_dir.mkdir(exist_ok=True)
@@ -144,8 +148,13 @@ def main(run_dir: Path = Path(".run"), ports: Ports | None = None) -> int:
         _stores(run_dir, env, servers)
         ports = dataclasses.replace(ports, api=_port(ports.api))
         stack = local_stack(run_dir, ports)
+        prom = prometheus_local.prepare(
+            run_dir, ports.api, stack, port=_port(prometheus_local.PORT)
+        )
+        if prometheus:
+            stack = [*stack, prom]
         _start(stack, env, children)
-        _banner(stack, ports)
+        _banner(stack, ports, prometheus_local.banner(prom, started=prometheus))
         return _watch(children, stop)
     finally:
         _stop(children, servers)
