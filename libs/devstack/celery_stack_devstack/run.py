@@ -56,6 +56,86 @@ async def _ensure_database(url: str) -> None:
         await conn.close()
 
 
+Children = list[tuple[Proc, "subprocess.Popen[bytes]"]]
+
+
+def _stores(
+    run_dir: Path, env: dict[str, str], servers: list[PostgresServer | RedisServer]
+) -> None:
+    """Start PostgreSQL and Redis unless DATABASE_URL / REDIS_URL point elsewhere; migrate."""
+    if not env.get("DATABASE_URL"):
+        pg = PostgresServer(run_dir / "postgres", port=_port(55432)).start()
+        servers.append(pg)
+        env["DATABASE_URL"] = pg.url("celery_stack")
+        console.print(f"started PostgreSQL on 127.0.0.1:{pg.port} (data in {pg.datadir})")
+    if not env.get("REDIS_URL"):
+        # AOF with appendfsync always: the loss bound of docs/loss-bounds.md.
+        rd = RedisServer(run_dir / "redis", port=_port(56379)).start()
+        servers.append(rd)
+        env["REDIS_URL"] = rd.url
+        console.print(f"started Redis on 127.0.0.1:{rd.port} (AOF always, data in {rd.datadir})")
+    # The maintenance-rules demo (README): coupons expire and idle chats end within a minute.
+    env.setdefault("MAINTENANCE_RULE_OVERRIDES", json.dumps(DEMO_OVERRIDES))
+    asyncio.run(_ensure_database(env["DATABASE_URL"]))
+    upgrade(env["DATABASE_URL"])
+    console.print("migrations applied")
+
+
+def _start(stack: list[Proc], env: dict[str, str], children: Children) -> None:
+    for i, proc in enumerate(stack):
+        p = subprocess.Popen(
+            proc.argv, env={**env, **proc.env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+        children.append((proc, p))
+        threading.Thread(
+            target=_pump, args=(proc.name, COLORS[i % len(COLORS)], p.stdout), daemon=True
+        ).start()
+
+
+def _banner(stack: list[Proc], ports: Ports, prometheus_line: str) -> None:
+    lines = [f"  {'api':<20} http://127.0.0.1:{ports.api}  (docs /docs, metrics /metrics)"]
+    lines += [
+        f"  {p.name:<20} metrics http://127.0.0.1:{p.env['METRICS_PORT']}/metrics"
+        for p in stack
+        if "METRICS_PORT" in p.env
+    ]
+    lines.append(prometheus_line)
+    lines.append(
+        f"  {'demo-site':<20} http://127.0.0.1:{ports.demo_site}/ (scan it as demo.localtest)"
+    )
+    console.print(
+        "\n[bold]celery-stack is running[/]\n"
+        + "\n".join(lines)
+        + "\n  tokens: Bearer dev-user-token (user), dev-admin-token (admin)"
+        + "\n  Ctrl-C stops everything.\n"
+    )
+
+
+def _watch(children: Children, stop: threading.Event) -> int:
+    """Until Ctrl-C/SIGTERM or a child exits (then everything stops: a half stack misleads)."""
+    while not stop.wait(0.5):
+        for proc, p in children:
+            if p.poll() is not None:
+                console.print(f"[red]{proc.name} exited with {p.returncode}; stopping[/]")
+                stop.set()
+    return 0 if all(p.poll() is None for _, p in children) else 1
+
+
+def _stop(children: Children, servers: list[PostgresServer | RedisServer]) -> None:
+    for _, p in children:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    for _, p in children:
+        try:
+            p.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+    for s in reversed(servers):
+        s.stop()
+    console.print("stopped")
+
+
 def main(
     run_dir: Path = Path(".run"), ports: Ports | None = None, *, prometheus: bool = False
 ) -> int:
@@ -67,26 +147,9 @@ def main(
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    children: list[tuple[Proc, subprocess.Popen[bytes]]] = []
+    children: Children = []
     try:
-        if not env.get("DATABASE_URL"):
-            pg = PostgresServer(run_dir / "postgres", port=_port(55432)).start()
-            servers.append(pg)
-            env["DATABASE_URL"] = pg.url("celery_stack")
-            console.print(f"started PostgreSQL on 127.0.0.1:{pg.port} (data in {pg.datadir})")
-        if not env.get("REDIS_URL"):
-            # AOF with appendfsync always: the loss bound of docs/loss-bounds.md.
-            rd = RedisServer(run_dir / "redis", port=_port(56379)).start()
-            servers.append(rd)
-            env["REDIS_URL"] = rd.url
-            console.print(
-                f"started Redis on 127.0.0.1:{rd.port} (AOF always, data in {rd.datadir})"
-            )
-        # The maintenance-rules demo (README): coupons expire and idle chats end within a minute.
-        env.setdefault("MAINTENANCE_RULE_OVERRIDES", json.dumps(DEMO_OVERRIDES))
-        asyncio.run(_ensure_database(env["DATABASE_URL"]))
-        upgrade(env["DATABASE_URL"])
-        console.print("migrations applied")
+        _stores(run_dir, env, servers)
         ports = dataclasses.replace(ports, api=_port(ports.api))
         stack = local_stack(run_dir, ports)
         prom = prometheus_local.prepare(
@@ -94,49 +157,11 @@ def main(
         )
         if prometheus:
             stack = [*stack, prom]
-        for i, proc in enumerate(stack):
-            p = subprocess.Popen(
-                proc.argv, env={**env, **proc.env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-            )
-            children.append((proc, p))
-            threading.Thread(
-                target=_pump, args=(proc.name, COLORS[i % len(COLORS)], p.stdout), daemon=True
-            ).start()
-        lines = [f"  {'api':<20} http://127.0.0.1:{ports.api}  (docs /docs, metrics /metrics)"]
-        lines += [
-            f"  {p.name:<20} metrics http://127.0.0.1:{p.env['METRICS_PORT']}/metrics"
-            for p in stack
-            if "METRICS_PORT" in p.env
-        ]
-        lines.append(prometheus_local.banner(prom, started=prometheus))
-        lines.append(
-            f"  {'demo-site':<20} http://127.0.0.1:{ports.demo_site}/ (scan it as demo.localtest)"
-        )
-        console.print(
-            "\n[bold]celery-stack is running[/]\n"
-            + "\n".join(lines)
-            + "\n  tokens: Bearer dev-user-token (user), dev-admin-token (admin)"
-            + "\n  Ctrl-C stops everything.\n"
-        )
-        while not stop.wait(0.5):
-            for proc, p in children:
-                if p.poll() is not None:
-                    console.print(f"[red]{proc.name} exited with {p.returncode}; stopping[/]")
-                    stop.set()
-        return 0 if all(p.poll() is None for _, p in children) else 1
+        _start(stack, env, children)
+        _banner(stack, ports, prometheus_local.banner(prom, started=prometheus))
+        return _watch(children, stop)
     finally:
-        for _, p in children:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 30
-        for _, p in children:
-            try:
-                p.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                p.kill()
-        for s in reversed(servers):
-            s.stop()
-        console.print("stopped")
+        _stop(children, servers)
 
 
 if __name__ == "__main__":
