@@ -106,7 +106,7 @@ async def _dispatch(state: AppState, msg: outbox.OutboxMessage, hooks: ScanHooks
     await outbox.publish_now(state.engine, outbox.celery_publisher(state.celery), msg)
 
 
-async def create_scan(
+async def create_scan(  # noqa: PLR0913 - keyword-only fields of one create request
     state: AppState,
     *,
     owner: str,

@@ -87,7 +87,7 @@ HooksDep = Annotated[scans.ScanHooks, Depends(_hooks)]
         409: {"description": "The Idempotency-Key was used for a different request."},
     },
 )
-async def post_scan(
+async def post_scan(  # noqa: PLR0913 - FastAPI injects each dependency as a parameter
     *,
     body: ScanIn,
     user: ActingUser,
