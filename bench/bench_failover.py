@@ -268,7 +268,8 @@ def _redbeat(env: BenchEnv, *, tuned: bool, trials: int, cap: float) -> dict[str
     if not capped:
         time.sleep(3 * INTERVAL)
         poll()
-    watched = [*seen, time.monotonic()]  # a capped trial's silence counts as missed slots
+    # a capped trial's silence until now counts as missed slots
+    watched = [*seen, time.monotonic()] if capped else seen
     for p in procs:
         p.stop()
     dup, missed = _gaps(watched)
