@@ -367,12 +367,12 @@ async def wait_views(
     env: BenchEnv, expected: int, timeout: float, proc: Proc | None = None
 ) -> float:
     """Poll until PostgreSQL's committed total reaches `expected` (more is an error); returns
-    the perf_counter time at which it was seen."""
+    the time (epoch seconds, comparable across processes) at which it was seen."""
     conn = await asyncpg.connect(pg_dsn(env.database_url))
     deadline = time.monotonic() + timeout
     try:
         while True:
-            now = time.perf_counter()
+            now = time.time()
             seen = int(await conn.fetchval("SELECT coalesce(sum(views), 0) FROM posts"))
             if seen >= expected:
                 if seen > expected:

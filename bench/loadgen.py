@@ -77,6 +77,7 @@ async def _main(args: argparse.Namespace) -> dict[str, object]:
     ]
     latencies: list[float] = []
     statuses: dict[int, int] = {}
+    epoch = time.time()
     start = time.perf_counter()
     record_from = start + args.warmup
     deadline = record_from + args.duration
@@ -104,6 +105,7 @@ async def _main(args: argparse.Namespace) -> dict[str, object]:
 
     return {
         "generator": "python-asyncio",
+        "started_epoch": epoch,
         "mode": f"open loop at {args.rate:.0f} req/s" if args.rate else "closed loop",
         "connections": args.connections,
         "requests": len(latencies),
