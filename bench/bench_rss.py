@@ -57,10 +57,6 @@ def _get(url: str, token: str) -> int:
         return int(resp.status)
 
 
-async def _views(env: BenchEnv) -> int:
-    return await total_views(env)
-
-
 def _api(env: BenchEnv) -> dict[str, float]:
     api, base = start_api(env)
     try:
@@ -84,7 +80,7 @@ def _worker(env: BenchEnv) -> dict[str, float]:
     try:
         # Both children run a flush (one at a time, prefetch 1) before we measure.
         deadline = time.monotonic() + 120
-        while asyncio.run(_views(env)) < 20:
+        while asyncio.run(total_views(env)) < 20:
             worker.check()
             if time.monotonic() > deadline:
                 raise TimeoutError("the worker never flushed the views")
