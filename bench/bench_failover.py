@@ -42,8 +42,8 @@ from bench.common import BenchEnv, Proc, median, sized, table, wait_for
 
 KILL9_TRIALS = int(os.environ.get("BENCH_FAILOVER_KILL9_TRIALS", sized(5, 1)))
 SIGTERM_TRIALS = int(os.environ.get("BENCH_FAILOVER_SIGTERM_TRIALS", sized(3, 1)))
-REDBEAT_TRIALS = int(os.environ.get("BENCH_FAILOVER_REDBEAT_TRIALS", sized(5, 1)))
-REDBEAT_DEFAULT_CAP = float(os.environ.get("BENCH_REDBEAT_DEFAULT_CAP", sized(45, 10)))
+REDBEAT_TRIALS = int(os.environ.get("BENCH_FAILOVER_REDBEAT_TRIALS", sized(3, 1)))
+REDBEAT_DEFAULT_CAP = float(os.environ.get("BENCH_REDBEAT_DEFAULT_CAP", sized(30, 10)))
 MEASURES = ("services/beat", "libs/core", "bench/bench_failover.py")
 TARGETS = {
     "ours_kill9_max_s": ("<=", 20.0, "beat kill -9 failover, max (s), 15 s lease"),
