@@ -417,6 +417,16 @@ async def buffered_total(env: BenchEnv) -> int:
     return total
 
 
+def view_every_post(base: str, posts: int, token: str = "dev-user-token") -> None:
+    """One view of each post 1..posts through an API: fills its existence cache, as in an API
+    that has been serving for a while (the bench then measures the steady state)."""
+    import httpx
+
+    with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}) as client:
+        for i in range(1, posts + 1):
+            client.post(f"/api/v1/posts/{i}/views", timeout=10).raise_for_status()
+
+
 # --- processes every bench starts the same way --------------------------------------------------
 def start_api(env: BenchEnv, name: str = "api", **overrides: Any) -> tuple[Proc, str]:
     """One `celery-stack-api serve` process (one uvicorn worker, as the chart runs a replica)."""
