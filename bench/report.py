@@ -43,7 +43,8 @@ def _git(*args: str) -> subprocess.CompletedProcess[str]:
 
 def git_state() -> dict[str, Any]:
     """The commit the code under test is at, and whether the work tree differs from it."""
-    head = _git("rev-parse", "HEAD").stdout.strip()
+    rev = _git("rev-parse", "--verify", "-q", "HEAD")
+    head = rev.stdout.strip() if rev.returncode == 0 else ""
     excludes = [f":(exclude){p}" for p in OUTPUTS]
     dirty = bool(_git("status", "--porcelain", "--", ".", *excludes).stdout.strip())
     return {
