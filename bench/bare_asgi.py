@@ -25,7 +25,7 @@ def make_app() -> Any:
     from celery_stack_core.redis_client import make_async_redis
 
     settings = get_settings()
-    shards = settings.COUNTER_SHARDS
+    shards = settings.counters.shards
     redis = make_async_redis(settings)
 
     async def respond(send: Any, status: int, body: bytes) -> None:

@@ -112,7 +112,7 @@ async def _run(env: BenchEnv) -> dict[str, float]:
     from celery_stack_counters.flush_all import flush_all
 
     settings = env.settings()
-    shards = settings.COUNTER_SHARDS
+    shards = settings.counters.shards
     engine = make_engine(settings)
     redis = aioredis.Redis.from_url(env.redis_url, decode_responses=True)
     rng = random.Random(42)

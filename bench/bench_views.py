@@ -89,7 +89,7 @@ class Flusher:
         from celery_stack_core.redis_client import make_async_redis
 
         redis = make_async_redis(self.settings)
-        await buffer.increment(redis, "post", "views", 1, shards=self.settings.COUNTER_SHARDS)
+        await buffer.increment(redis, "post", "views", 1, shards=self.settings.counters.shards)
         await redis.aclose()
         deadline = time.monotonic() + 120
         while await total_views(self.env) < 1 or await buffered_total(self.env):
@@ -103,7 +103,7 @@ class Flusher:
     async def tick(self) -> None:
         while not self.stop.is_set():
             self.beat.send_task("counters.flush")
-            await asyncio.sleep(self.settings.COUNTER_FLUSH_INTERVAL)
+            await asyncio.sleep(self.settings.counters.flush_interval)
 
     def close(self) -> None:
         self.stop.set()
@@ -221,7 +221,7 @@ async def _http(env: BenchEnv) -> dict[str, float]:
                     raise TimeoutError("buffers never drained")
                 await asyncio.sleep(0.05)
             applied, done = await total_views(env), time.time()
-            await asyncio.sleep(flusher.settings.COUNTER_FLUSH_INTERVAL)
+            await asyncio.sleep(flusher.settings.counters.flush_interval)
             if not await buffered_total(env) and await total_views(env) == applied:
                 break
         if not answered <= applied <= answered + API_PROCS * CONNECTIONS:

@@ -72,9 +72,9 @@ async def _scan(scan_id: str) -> str:
         worker=owner_id(settings),
         options=ScanOptions.from_settings(settings),
         limits=RunLimits(
-            heartbeat_interval=settings.SCAN_HEARTBEAT_INTERVAL,
-            stale_after=settings.SCAN_HEARTBEAT_STALE,
-            max_deliveries=settings.SCAN_MAX_DELIVERIES,
+            heartbeat_interval=settings.scans.heartbeat_interval,
+            stale_after=settings.scans.heartbeat_stale,
+            max_deliveries=settings.scans.max_deliveries,
             deadline=60.0,
         ),
     )

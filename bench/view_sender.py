@@ -37,7 +37,7 @@ async def _main(args: argparse.Namespace) -> dict[str, float]:
                     await asyncio.sleep(wait)
                 due += interval
             await buffer.increment(
-                redis, "post", "views", target_id, shards=settings.COUNTER_SHARDS
+                redis, "post", "views", target_id, shards=settings.counters.shards
             )
 
     n = args.concurrency
