@@ -106,6 +106,12 @@ class Broker:
         return self.sent
 
 
+def _is_holder(holder: str, pid: int) -> bool:
+    """The lease holder names its process: `..._host:<host>:<pid>:<boot>_...` (or the older
+    `..._pid<pid>_...`)."""
+    return f":{pid}:" in holder or f"_pid{pid}_" in holder
+
+
 def _leader(client: sync_redis.Redis, procs: list[Proc]) -> tuple[Proc, int]:
     from celery_stack_core import keys
 
@@ -117,7 +123,7 @@ def _leader(client: sync_redis.Redis, procs: list[Proc]) -> tuple[Proc, int]:
             return False
         rec = json.loads(raw)
         for p in procs:
-            if p.alive() and f"_pid{p.pid}_" in rec["holder"]:
+            if p.alive() and _is_holder(rec["holder"], p.pid):
                 found.append((p, int(rec["epoch"])))
                 return True
         return False
