@@ -45,7 +45,9 @@ from bench.common import (
 from bench.flush_breakdown import Breakdown
 
 SIZES: tuple[int, ...] = sized((1_000, 10_000, 50_000), (1_000, 5_000))
-REPORT000_SIZES: tuple[int, ...] = sized((50_000,), (1_000,))
+# Report 000 is slow (one round trip per key each way) and its rate does not depend on n:
+# measured at 10k keys, where ours is measured on the same data too.
+REPORT000_SIZES: tuple[int, ...] = sized((10_000,), (1_000,))
 OURS_REPEATS = sized(3, 1)
 BIG = max(SIZES)
 MEASURES = ("services/worker-counters", "libs/core", "bench/bench_flush.py")
