@@ -44,7 +44,7 @@ from bench.common import (
 
 POSTS = 1_000
 SENDERS = sized(4, 2)
-VIEWS_PER_SENDER = sized(40_000, 3_000)
+VIEWS_PER_SENDER = sized(25_000, 3_000)
 API_PROCS = sized(2, 1)
 CONNECTIONS = 32
 HTTP_SECONDS = sized(10.0, 3.0)
