@@ -861,4 +861,5 @@ class TestLabelsAndNames:
                 "flower",
                 "networkpolicies",
                 "tests",
+                "monitoring",
             }
