@@ -175,7 +175,8 @@ async def _ours(env: BenchEnv, base: str, body: dict[str, Any]) -> dict[str, flo
         base_url=base,
         headers={"Authorization": "Bearer dev-user-token", "X-User-Id": "bench"},
         timeout=60,
-        limits=httpx.Limits(max_connections=BURST_CLIENTS),
+        # below uvicorn's 5 s keep-alive timeout: never reuse a connection the server is closing
+        limits=httpx.Limits(max_connections=BURST_CLIENTS, keepalive_expiry=2.0),
     ) as client:
 
         async def create() -> str:
