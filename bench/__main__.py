@@ -63,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         print("\n--quick: figures at small sizes are not written to bench/README.md")
     else:
         report.write_readme(runs)
-        print(f"\nwritten {report.LATEST.relative_to(report.ROOT)} and bench/README.md")
+        written = f"{report.LATEST.relative_to(report.ROOT)} and " if names else ""
+        print(f"\nwritten {written}bench/README.md")
     return 1 if failed else 0
 
 
