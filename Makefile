@@ -39,8 +39,8 @@ e2e: install ## Only the whole-stack and chaos tests.
 	$(UV) run --frozen pytest tests/e2e $(PYTEST_ARGS)
 
 .PHONY: bench
-bench: install ## Benchmarks: our design against the field reports' naive designs.
-	$(UV) run --frozen python -m bench
+bench: install ## Benchmarks against the field reports and the floors; rewrites bench/README.md (~15 min).
+	$(UV) run --frozen --group bench python -m bench $(BENCH_ARGS)
 
 .PHONY: monitoring
 monitoring: install ## Regenerate dashboards, alert rules, promtool cases and docs/monitoring.md.
