@@ -254,12 +254,7 @@ def _combine(
 
 
 async def set_action(
-    state: AppState,
-    target: TargetType,
-    target_id: int,
-    user: str,
-    kind: ActionKind,
-    on: bool,  # positional: the routes call it so (issue 8 would make it keyword-only)
+    state: AppState, target: TargetType, target_id: int, user: str, kind: ActionKind, *, on: bool
 ) -> bool:
     """Record (on) or remove (off) one user's action; idempotent. Returns whether it changed."""
     with unavailable_on_outage("PostgreSQL"):

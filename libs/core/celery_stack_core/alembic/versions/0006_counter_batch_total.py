@@ -5,7 +5,7 @@ With it, "every view in the counted tables came through exactly one ledger row" 
 at every step of the flush.
 
 Revision ID: 0006
-Revises: 0003
+Revises: 0004
 Create Date: 2026-11-29
 """
 
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0006"
-down_revision = "0003"
+down_revision = "0004"  # written against "0003"; chained after main's 0004 at merge
 branch_labels = None
 depends_on = None
 
