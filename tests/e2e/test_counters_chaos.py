@@ -92,8 +92,8 @@ class Writers:
 
 
 class Flusher:
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.env, self.log = env, log
+    def __init__(self, env: dict[str, str], log: Path, started: list) -> None:
+        self.env, self.log, self.started = env, log, started
         self.proc: subprocess.Popen | None = None
 
     def start(self, *args: str) -> subprocess.Popen:
@@ -104,6 +104,7 @@ class Flusher:
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
+        self.started.append(self.proc)
         return self.proc
 
     def kill9(self) -> None:
@@ -149,7 +150,18 @@ def chaos_servers():
     shutil.rmtree(base, ignore_errors=True)
 
 
-async def test_exactly_once_under_kill9(chaos_servers, tmp_path):
+@pytest.fixture
+def flusher_procs():
+    """Every flusher process the test starts; none outlives it, even when the test fails."""
+    started: list[subprocess.Popen] = []
+    yield started
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+async def test_exactly_once_under_kill9(chaos_servers, flusher_procs, tmp_path):
     pg, rd, _ = chaos_servers
     url = pg.create_database("chaos")
     await asyncio.to_thread(upgrade, url)
@@ -169,7 +181,7 @@ async def test_exactly_once_under_kill9(chaos_servers, tmp_path):
                 {"n": POSTS},
             )
         ]
-    flusher = Flusher(env, tmp_path / "flusher.log")
+    flusher = Flusher(env, tmp_path / "flusher.log", flusher_procs)
     writers = Writers(redis, ids)
     writers.start()
     kills: Counter[str] = Counter()
