@@ -140,15 +140,84 @@ once per render otherwise (memoised so the hook Secret and the release Secret ag
 {{- .Values.auth._generated -}}
 {{- end -}}
 
+{{/* Percent-decoding of a URL component (userinfo): Sprig has no decoder. Multi-byte (non-ASCII)
+escapes are refused rather than mis-decoded. */}}
+{{- define "celery-stack.urlDecode" -}}
+{{- $hex := dict "0" 0 "1" 1 "2" 2 "3" 3 "4" 4 "5" 5 "6" 6 "7" 7 "8" 8 "9" 9 "a" 10 "b" 11 "c" 12 "d" 13 "e" 14 "f" 15 -}}
+{{- $parts := splitList "%" . -}}
+{{- $out := first $parts -}}
+{{- range $chunk := rest $parts -}}
+{{- $hi := substr 0 1 $chunk | lower -}}
+{{- $lo := substr 1 2 $chunk | lower -}}
+{{- if or (lt (len $chunk) 2) (not (hasKey $hex $hi)) (not (hasKey $hex $lo)) -}}
+{{- fail (printf "redis.url: malformed percent-escape %%%s" (substr 0 2 $chunk)) -}}
+{{- end -}}
+{{- $code := add (mul (index $hex $hi) 16) (index $hex $lo) -}}
+{{- if ge (int $code) 128 -}}
+{{- fail "redis.url: a non-ASCII percent-escaped credential cannot be decoded at render time; use redis.existingSecret with the keda.redis keys" -}}
+{{- end -}}
+{{- $out = printf "%s%c%s" $out (int $code) (substr 2 (len $chunk) $chunk) -}}
+{{- end -}}
+{{- $out -}}
+{{- end -}}
+
+{{/* redis.url parsed once, for everything that needs its parts (the chart's Secret, KEDA's
+TriggerAuthentication and triggers): address host:port (6379 by default), username and password
+percent-decoded, database index from the path, TLS from the rediss scheme. Returns YAML. */}}
+{{- define "celery-stack.redisTarget" -}}
+{{- $u := urlParse .Values.redis.url -}}
+{{- $port := regexFind ":[0-9]+$" $u.host | trimPrefix ":" | default "6379" -}}
+{{- $userinfo := $u.userinfo | default "" -}}
+{{- $user := "" -}}{{- $password := "" -}}
+{{- if contains ":" $userinfo -}}
+{{- $user = regexReplaceAll ":.*$" $userinfo "" -}}
+{{- $password = regexReplaceAll "^[^:]*:" $userinfo "" -}}
+{{- else -}}
+{{- $user = $userinfo -}}{{- /* redis://name@host: a username without password, as redis-py reads it */ -}}
+{{- end -}}
+{{- $db := trimPrefix "/" $u.path | default "0" -}}
+{{- if not (regexMatch "^[0-9]+$" $db) -}}
+{{- fail (printf "redis.url: the path must be a database index (/0, /2 ...), got %q" $u.path) -}}
+{{- end -}}
+address: {{ printf "%s:%s" $u.hostname $port | quote }}
+username: {{ include "celery-stack.urlDecode" $user | quote }}
+password: {{ include "celery-stack.urlDecode" $password | quote }}
+databaseIndex: {{ $db | atoi }}
+enableTLS: {{ eq $u.scheme "rediss" }}
+{{- end -}}
+
+{{/* What KEDA's Redis triggers need besides the Secret: database index and TLS. From redis.url
+when the chart holds the URL (explicit keda.redis values must agree with it), else the explicit
+values (default 0 / false). Returns YAML. */}}
+{{- define "celery-stack.kedaRedis" -}}
+{{- $k := .Values.keda.redis -}}
+{{- if .Values.redis.existingSecret -}}
+databaseIndex: {{ $k.databaseIndex | default 0 }}
+enableTLS: {{ $k.enableTLS | default false }}
+{{- else -}}
+{{- $t := include "celery-stack.redisTarget" . | fromYaml -}}
+{{- if and (not (kindIs "invalid" $k.databaseIndex)) (ne (int $k.databaseIndex) (int $t.databaseIndex)) -}}
+{{- fail (printf "keda.redis.databaseIndex (%v) contradicts redis.url (database %v): leave it empty (null) to derive it from the URL" $k.databaseIndex $t.databaseIndex) -}}
+{{- end -}}
+{{- if and (not (kindIs "invalid" $k.enableTLS)) (ne $k.enableTLS $t.enableTLS) -}}
+{{- fail (printf "keda.redis.enableTLS (%v) contradicts the scheme of redis.url (TLS %v): leave it empty (null) to derive it from the URL" $k.enableTLS $t.enableTLS) -}}
+{{- end -}}
+databaseIndex: {{ $t.databaseIndex }}
+enableTLS: {{ $t.enableTLS }}
+{{- end -}}
+{{- end -}}
+
 {{- define "celery-stack.secretData" -}}
 {{- if not .Values.redis.existingSecret }}
 REDIS_URL: {{ .Values.redis.url | b64enc | quote }}
-{{- /* KEDA's Redis scaler takes host:port and a password, not a URL. */}}
-{{- $u := urlParse .Values.redis.url }}
-REDIS_ADDRESS: {{ $u.host | b64enc | quote }}
-{{- $userinfo := $u.userinfo | default "" }}
-{{- if contains ":" $userinfo }}
-REDIS_PASSWORD: {{ regexReplaceAll "^[^:]*:" $userinfo "" | b64enc | quote }}
+{{- /* KEDA's Redis scaler takes host:port, a username and a password, not a URL. */}}
+{{- $t := include "celery-stack.redisTarget" . | fromYaml }}
+REDIS_ADDRESS: {{ $t.address | b64enc | quote }}
+{{- if $t.username }}
+REDIS_USERNAME: {{ $t.username | b64enc | quote }}
+{{- end }}
+{{- if $t.password }}
+REDIS_PASSWORD: {{ $t.password | b64enc | quote }}
 {{- end }}
 {{- end }}
 {{- if not .Values.database.existingSecret }}
