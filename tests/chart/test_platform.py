@@ -5,13 +5,20 @@ policy peers, PDB eviction of unhealthy pods, and the operator extension points.
 from __future__ import annotations
 
 import base64
+import hashlib
+import http.server
+import json
 import math
+import os
 import re
+import subprocess
+import sys
+import threading
 from typing import Any
 
 import jmespath
 import pytest
-from chartlib import KEDA, RELEASE, RenderError, one, render_chart
+from chartlib import KEDA, RELEASE, RenderError, by_kind, helm_template, one, render_chart
 
 FULL = f"{RELEASE}-celery-stack"
 REAL_URL = "rediss://default:s3cr%40t@redis.example:6380/2"
@@ -164,3 +171,107 @@ class TestKedaScalingMath:
         names = [t["name"] for t in so["spec"]["triggers"]]
         assert len(names) == 8
         assert desired_replicas(so, dict.fromkeys(names, 10)) == 4  # 80 / 20
+
+
+class TestGitOps:
+    """Argo CD renders with `helm template`, where `lookup` returns nothing: two renders of the
+    same values must be identical, or every sync rotates secrets and restarts every pod."""
+
+    def test_two_renders_without_a_cluster_are_identical(self):
+        for values in ({}, {"migrations": {"useHelmHooks": False}}):
+            assert helm_template(values) == helm_template(values)
+
+    def test_no_token_is_rendered_the_pods_read_the_in_cluster_one(self):
+        docs = render_chart()
+        assert "ADMIN_TOKEN" not in secret_data(docs, f"{FULL}-env")
+        assert "API_TOKENS" not in secret_data(docs, f"{FULL}-env")
+        api = one(docs, "Deployment", f"{FULL}-api")["spec"]["template"]["spec"]["containers"][0]
+        ref = next(e for e in api["env"] if e["name"] == "API_TOKENS")["valueFrom"]
+        assert ref["secretKeyRef"] == {"name": f"{FULL}-admin-token", "key": "API_TOKENS"}
+        job = one(docs, "Job", f"{FULL}-admin-token")
+        hooks = job["metadata"]["annotations"]
+        assert hooks["helm.sh/hook"] == "pre-install,pre-upgrade"
+        migrate = next(d for d in by_kind(docs, "Job") if "migrations" in d["metadata"]["name"])
+        # the token exists before the migrations hook needs API_TOKENS
+        weight = int(migrate["metadata"]["annotations"]["helm.sh/hook-weight"])
+        assert int(hooks["helm.sh/hook-weight"]) < weight
+        role = one(docs, "Role", f"{FULL}-admin-token")
+        assert role["rules"][0]["resourceNames"] == [f"{FULL}-admin-token"]
+
+    @pytest.mark.parametrize(
+        "auth", [{"tokens": [{"name": "a", "sha256": "0" * 64, "scopes": ["user"]}]}, {"existingSecret": "s"}]
+    )
+    def test_no_token_job_when_tokens_are_given(self, auth):
+        docs = render_chart({"auth": auth})
+        assert not [d for d in docs if "admin-token" in d["metadata"]["name"]]
+
+    def test_plain_migrations_job_is_named_after_image_and_chart(self):
+        def job(values: dict[str, Any]) -> dict[str, Any]:
+            docs = render_chart({"migrations": {"useHelmHooks": False}, **values})
+            (found,) = [d for d in by_kind(docs, "Job") if "migrations" in d["metadata"]["name"]]
+            return found
+
+        a, b = job({}), job({"image": {"tag": "0.2.0"}})
+        assert a["metadata"]["name"] != b["metadata"]["name"]  # a new image: a new Job
+        assert a["metadata"]["name"] == job({"logLevel": "DEBUG"})["metadata"]["name"]
+        assert "ttlSecondsAfterFinished" not in a["spec"]  # a GitOps tool would recreate it
+        assert a["metadata"]["annotations"]["argocd.argoproj.io/sync-wave"] == "-1"
+        assert "helm.sh/hook" not in a["metadata"]["annotations"]
+
+
+class TestAdminTokenScript:
+    """files/admin_token.py against a real HTTP server that answers like the API server's
+    Secret endpoints: created once, kept afterwards, the digest matches the token."""
+
+    def test_creates_once_then_keeps(self, tmp_path):
+        store: dict[str, dict[str, Any]] = {}
+        posts: list[dict[str, Any]] = []
+
+        class Api(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                name = self.path.rsplit("/", 1)[1]
+                assert self.headers["Authorization"] == "Bearer sa-token"
+                self._answer(200 if name in store else 404, store.get(name, {}))
+
+            def do_POST(self) -> None:
+                assert self.path == "/api/v1/namespaces/ns/secrets"
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                posts.append(body)
+                store[body["metadata"]["name"]] = body
+                self._answer(201, body)
+
+            def _answer(self, code: int, body: dict[str, Any]) -> None:
+                raw = json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Api)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        (tmp_path / "token").write_text("sa-token\n")
+        env = {
+            **os.environ,
+            "KUBE_API": f"http://127.0.0.1:{server.server_address[1]}",
+            "KUBE_TOKEN_FILE": str(tmp_path / "token"),
+            "KUBE_NAMESPACE": "ns",
+        }
+        # the command exactly as the Job renders it (python -c <script> <secret name>)
+        job = one(render_chart(), "Job", f"{FULL}-admin-token")
+        cmd = job["spec"]["template"]["spec"]["containers"][0]["command"]
+        try:
+            for _ in range(2):
+                proc = subprocess.run(
+                    [sys.executable, *cmd[1:]], env=env, capture_output=True, text=True, timeout=30
+                )
+                assert proc.returncode == 0, proc.stderr
+        finally:
+            server.shutdown()
+        assert len(posts) == 1  # the second run kept the token
+        data = {k: base64.b64decode(v).decode() for k, v in posts[0]["data"].items()}
+        (spec,) = json.loads(data["API_TOKENS"])
+        assert spec["sha256"] == hashlib.sha256(data["ADMIN_TOKEN"].encode()).hexdigest()
+        assert spec["scopes"] == ["user", "admin"] and len(data["ADMIN_TOKEN"]) >= 32

@@ -406,8 +406,12 @@ class TestBeat:
         assert binding["subjects"] == [
             {"kind": "ServiceAccount", "name": f"{FULL}-beat", "namespace": "celery-stack"}
         ]
-        # the only Role/Binding of the chart, and nothing cluster-wide
-        assert len(by_kind(docs, "Role")) == 1
+        # beat's Role and the admin-token hook's (tests/chart/test_platform.py), nothing
+        # cluster-wide
+        assert {r["metadata"]["name"] for r in by_kind(docs, "Role")} == {
+            f"{FULL}-beat",
+            f"{FULL}-admin-token",
+        }
         assert not by_kind(docs, "ClusterRole") and not by_kind(docs, "ClusterRoleBinding")
         env = env_of(container(one(docs, "Deployment", f"{FULL}-beat"), "beat"))
         assert env["BEAT_LEASE_NAME"] == "my-beat"
@@ -415,7 +419,8 @@ class TestBeat:
     def test_only_beat_mounts_a_service_account_token(self):
         docs = render_chart(FLOWER_ON)
         for name, spec in pod_specs(docs):
-            expected = name == f"Deployment/{FULL}-beat"
+            # and the admin-token hook Job, which creates its Secret through the API server
+            expected = name in (f"Deployment/{FULL}-beat", f"Job/{FULL}-admin-token")
             assert spec["automountServiceAccountToken"] is expected, name
         assert (
             one(docs, "Deployment", f"{FULL}-beat")["spec"]["template"]["spec"][
@@ -430,7 +435,7 @@ class TestBeat:
 class TestMigrations:
     def test_hook_job_by_default(self):
         docs = render_chart()
-        job = by_kind(docs, "Job")[0]
+        job = one(docs, "Job", f"{FULL}-migrations-1")
         ann = job["metadata"]["annotations"]
         assert ann["helm.sh/hook"] == "pre-install,pre-upgrade"
         c = container(job, "migrate")
@@ -445,8 +450,8 @@ class TestMigrations:
 
     def test_plain_job_for_argocd_and_flux(self):
         docs = render_chart({"migrations": {"useHelmHooks": False}})
-        job = one(docs, "Job", f"{FULL}-migrations")
-        assert "annotations" not in job["metadata"]
+        (job,) = [d for d in by_kind(docs, "Job") if "-migrations-" in d["metadata"]["name"]]
+        assert "helm.sh/hook" not in job["metadata"]["annotations"]
         assert (
             env_of(container(job, "migrate"))["DATABASE_URL"]["secretKeyRef"]["name"]
             == f"{FULL}-env"
@@ -455,6 +460,7 @@ class TestMigrations:
             d
             for d in docs
             if d["metadata"].get("annotations", {}).get("helm.sh/hook", "").startswith("pre-")
+            and "admin-token" not in d["metadata"]["name"]
         ]
 
     def test_every_pod_that_needs_the_schema_waits_for_it(self):
@@ -506,18 +512,6 @@ class TestSecrets:
             for c in containers(spec):
                 for src in c.get("envFrom", []):
                     assert "secretRef" not in src
-
-    def test_generated_admin_token_matches_its_digest(self):
-        data = secret_data(render_chart(), f"{FULL}-env")
-        tokens = json.loads(data["API_TOKENS"])
-        assert tokens == [
-            {
-                "name": "admin",
-                "sha256": hashlib.sha256(data["ADMIN_TOKEN"].encode()).hexdigest(),
-                "scopes": ["user", "admin"],
-            }
-        ]
-        assert len(data["ADMIN_TOKEN"]) == 40
 
     def test_given_tokens_are_rendered_and_nothing_generated(self):
         spec = [{"name": "web", "sha256": "b" * 64, "scopes": ["user"]}]
@@ -852,6 +846,7 @@ class TestLabelsAndNames:
                 "workers",
                 "beat",
                 "migrations",
+                "admin-token",
                 "config",
                 "flower",
                 "networkpolicies",

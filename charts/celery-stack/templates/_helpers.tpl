@@ -124,20 +124,21 @@ from an existingSecret. */}}
 {{- if or (not .Values.redis.existingSecret) (not .Values.database.existingSecret) (not .Values.auth.existingSecret) -}}true{{- end -}}
 {{- end -}}
 
-{{/* The generated admin token: read back from the release's Secret so upgrades keep it, made
-once per render otherwise (memoised so the hook Secret and the release Secret agree). */}}
-{{- define "celery-stack.generatedAdminToken" -}}
-{{- if not (hasKey .Values.auth "_generated") -}}
-{{- $existing := lookup "v1" "Secret" .Release.Namespace (include "celery-stack.secretName" .) -}}
-{{- $token := "" -}}
-{{- if and $existing $existing.data (hasKey $existing.data "ADMIN_TOKEN") -}}
-{{- $token = index $existing.data "ADMIN_TOKEN" | b64dec -}}
-{{- else -}}
-{{- $token = randAlphaNum 40 -}}
+{{/* The admin token is generated in the cluster by a hook Job (templates/auth/), never at
+render time: a render-time token changes on every `helm template` (Argo CD). */}}
+{{- define "celery-stack.generatesAdminToken" -}}
+{{- if and (not .Values.auth.existingSecret) (not .Values.auth.tokens) .Values.auth.generateAdminToken -}}true{{- end -}}
 {{- end -}}
-{{- $_ := set .Values.auth "_generated" $token -}}
+
+{{- define "celery-stack.adminTokenSecret" -}}
+{{- printf "%s-admin-token" (include "celery-stack.fullname" .) -}}
 {{- end -}}
-{{- .Values.auth._generated -}}
+
+{{/* Hook annotations of the admin-token objects; call with the weight. */}}
+{{- define "celery-stack.adminTokenHook" -}}
+helm.sh/hook: pre-install,pre-upgrade
+helm.sh/hook-weight: {{ . | quote }}
+helm.sh/hook-delete-policy: before-hook-creation,hook-succeeded
 {{- end -}}
 
 {{/* Percent-decoding of a URL component (userinfo): Sprig has no decoder. Multi-byte (non-ASCII)
@@ -227,10 +228,7 @@ DATABASE_URL: {{ .Values.database.url | b64enc | quote }}
 {{- if .Values.auth.tokens }}
 API_TOKENS: {{ .Values.auth.tokens | toJson | b64enc | quote }}
 {{- else if .Values.auth.generateAdminToken }}
-{{- $token := include "celery-stack.generatedAdminToken" . }}
-{{- $spec := list (dict "name" "admin" "sha256" (sha256sum $token) "scopes" (list "user" "admin")) }}
-API_TOKENS: {{ $spec | toJson | b64enc | quote }}
-ADMIN_TOKEN: {{ $token | b64enc | quote }}
+{{- /* in <fullname>-admin-token, made in the cluster by the admin-token hook Job */}}
 {{- else }}
 {{- /* empty: outside production the services fall back to the development tokens */}}
 API_TOKENS: ""
@@ -259,8 +257,13 @@ Call with (dict "root" $ "service" "api" "secretName" name). */}}
 - name: API_TOKENS
   valueFrom:
     secretKeyRef:
+      {{- if include "celery-stack.generatesAdminToken" $root }}
+      name: {{ include "celery-stack.adminTokenSecret" $root }}
+      key: API_TOKENS
+      {{- else }}
       name: {{ $root.Values.auth.existingSecret | default $own }}
       key: {{ ternary $root.Values.auth.existingSecretKey "API_TOKENS" (ne $root.Values.auth.existingSecret "") }}
+      {{- end }}
 - name: POD_NAME
   valueFrom:
     fieldRef:
