@@ -199,7 +199,11 @@ class TestGitOps:
         assert role["rules"][0]["resourceNames"] == [f"{FULL}-admin-token"]
 
     @pytest.mark.parametrize(
-        "auth", [{"tokens": [{"name": "a", "sha256": "0" * 64, "scopes": ["user"]}]}, {"existingSecret": "s"}]
+        "auth",
+        [
+            {"tokens": [{"name": "a", "sha256": "0" * 64, "scopes": ["user"]}]},
+            {"existingSecret": "s"},
+        ],
     )
     def test_no_token_job_when_tokens_are_given(self, auth):
         docs = render_chart({"auth": auth})

@@ -7,7 +7,6 @@ One class per component/template, as in the Airflow chart's tests: render with `
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 from typing import Any
 
