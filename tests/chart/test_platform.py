@@ -279,3 +279,74 @@ class TestAdminTokenScript:
         (spec,) = json.loads(data["API_TOKENS"])
         assert spec["sha256"] == hashlib.sha256(data["ADMIN_TOKEN"].encode()).hexdigest()
         assert spec["scopes"] == ["user", "admin"] and len(data["ADMIN_TOKEN"]) >= 32
+
+
+def pod_spec(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    spec: dict[str, Any] = one(docs, kind, name)["spec"]["template"]["spec"]
+    return spec
+
+
+class TestServiceAccounts:
+    LEASE = {"networkPolicy": {"kubeAPIServerCIDRs": ["172.20.0.1/32"]}}
+
+    def test_create_false_never_binds_the_lease_role_to_default(self):
+        values = {"serviceAccount": {"create": False}, **self.LEASE}
+        assert "serviceAccount.name.beat" in render_error(values)
+        values["serviceAccount"]["name"] = {"beat": "beat-sa", "adminToken": "token-sa"}
+        docs = render_chart(values)
+        binding = one(docs, "RoleBinding", f"{FULL}-beat")
+        assert binding["subjects"][0]["name"] == "beat-sa"
+        assert pod_spec(docs, "Deployment", f"{FULL}-beat")["serviceAccountName"] == "beat-sa"
+        token = one(docs, "RoleBinding", f"{FULL}-admin-token")
+        assert token["subjects"][0]["name"] == "token-sa"
+        assert not by_kind(docs, "ServiceAccount")  # nothing created
+        # components without RBAC may run as the namespace's default
+        assert pod_spec(docs, "Deployment", f"{FULL}-api")["serviceAccountName"] == "default"
+
+    def test_named_accounts_are_created_under_their_names(self):
+        names = {"api": "web", "worker": "jobs", "migrations": "schema"}
+        docs = render_chart({"serviceAccount": {"name": names}})
+        created = {sa["metadata"]["name"] for sa in by_kind(docs, "ServiceAccount")}
+        assert {"web", "jobs", "schema", f"{FULL}-beat"} <= created
+        assert pod_spec(docs, "Deployment", f"{FULL}-api")["serviceAccountName"] == "web"
+        spec = pod_spec(docs, "Deployment", f"{FULL}-worker-scans")
+        assert spec["serviceAccountName"] == "jobs"
+        assert pod_spec(docs, "Job", f"{FULL}-migrations-1")["serviceAccountName"] == "schema"
+
+
+class TestBeatApiServerEgress:
+    def test_default_never_opens_the_api_server_ports_to_any_address(self):
+        docs = render_chart()
+        beat = one(docs, "Deployment", f"{FULL}-beat")
+        env = {
+            e["name"]: e.get("value")
+            for e in beat["spec"]["template"]["spec"]["containers"][0]["env"]
+        }
+        assert env["BEAT_ELECTION"] == "redis"  # no API server to reach: the Redis lease
+        assert beat["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+        names = {p["metadata"]["name"] for p in by_kind(docs, "NetworkPolicy")}
+        assert f"{FULL}-beat" not in names
+        assert not [r for r in by_kind(docs, "Role") if r["metadata"]["name"] == f"{FULL}-beat"]
+
+    def test_lease_with_cidrs_or_without_network_policies(self):
+        cidrs = {"networkPolicy": {"kubeAPIServerCIDRs": ["172.20.0.1/32"]}}
+        for values in (cidrs, {"networkPolicy": {"enabled": False}}):
+            beat = one(render_chart(values), "Deployment", f"{FULL}-beat")
+            env = beat["spec"]["template"]["spec"]["containers"][0]["env"]
+            assert {"name": "BEAT_ELECTION", "value": "kubernetes"} in env
+
+    def test_forced_lease_without_cidrs_fails(self):
+        err = render_error({"beat": {"election": "kubernetes"}})
+        assert "kubeAPIServerCIDRs" in err
+
+
+class TestPool:
+    @pytest.mark.parametrize("pool", ["gevent", "eventlet", "solo", "threads"])
+    def test_only_the_pool_that_enforces_time_limits_is_accepted(self, pool):
+        err = render_error({"queues": {"scans": {"pool": pool}}})
+        assert "pool" in err
+
+    def test_prefork(self):
+        docs = render_chart({"queueDefaults": {"pool": "prefork"}})
+        cmd = pod_spec(docs, "Deployment", f"{FULL}-worker-scans")["containers"][0]["command"]
+        assert cmd[cmd.index("--pool") + 1] == "prefork"

@@ -28,6 +28,8 @@ from chartlib import (
 FULL = f"{RELEASE}-celery-stack"
 QUEUES = ("counters", "scans", "maintenance")
 FLOWER_ON = {"flower": {"enabled": True, "basicAuthSecret": "flower-auth"}}
+# beat elects through a Lease when it may reach the API server's own addresses
+LEASE = {"networkPolicy": {"kubeAPIServerCIDRs": ["172.20.0.1/32"]}}
 ENTRYPOINTS = {
     "celery-stack-api",
     "celery-stack-worker-counters",
@@ -346,7 +348,7 @@ class TestApi:
 
 class TestBeat:
     def test_two_replicas_with_lease_election(self):
-        docs = render_chart()
+        docs = render_chart(LEASE)
         d = one(docs, "Deployment", f"{FULL}-beat")
         assert d["spec"]["replicas"] == 2
         assert d["spec"]["strategy"]["type"] == "RollingUpdate"
@@ -388,7 +390,7 @@ class TestBeat:
         assert d["spec"]["strategy"] == {"type": "Recreate"}
 
     def test_rbac_least_privilege_on_its_own_lease(self):
-        docs = render_chart({"beat": {"leaseName": "my-beat"}})
+        docs = render_chart({"beat": {"leaseName": "my-beat"}, **LEASE})
         role = one(docs, "Role", f"{FULL}-beat")
         assert role["rules"] == [
             {
@@ -416,7 +418,7 @@ class TestBeat:
         assert env["BEAT_LEASE_NAME"] == "my-beat"
 
     def test_only_beat_mounts_a_service_account_token(self):
-        docs = render_chart(FLOWER_ON)
+        docs = render_chart({**FLOWER_ON, **LEASE})
         for name, spec in pod_specs(docs):
             # and the admin-token hook Job, which creates its Secret through the API server
             expected = name in (f"Deployment/{FULL}-beat", f"Job/{FULL}-admin-token")
@@ -640,14 +642,13 @@ class TestNetworkPolicy:
         assert not [n for n in pols if n.endswith("-internet") and "scans" not in n]
 
     def test_only_beat_reaches_the_kubernetes_api(self):
-        pols = self.policies()
+        pols = self.policies(LEASE)
         beat = pols[f"{FULL}-beat"]
         assert beat["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "beat"
         assert [p["port"] for p in beat["spec"]["egress"][0]["ports"]] == [443, 6443]
-        # no kubeAPIServerCIDRs: those ports to any address (the documented default)
-        assert "to" not in beat["spec"]["egress"][0]
+        # and the run-once admin-token hook (tests/chart/test_platform.py)
         for name, pol in pols.items():
-            if name != f"{FULL}-beat":
+            if name not in (f"{FULL}-beat", f"{FULL}-admin-token"):
                 ports = jmespath.search("spec.egress[].ports[].port", pol) or []
                 assert 6443 not in ports, name
 

@@ -430,12 +430,33 @@ the image's Python, no shell). */}}
     defaultMode: 0444
 {{- end -}}
 
+{{/* A component's ServiceAccount: serviceAccount.name.<component> when given (created when
+serviceAccount.create, else it must exist), else <fullname>-<component> when created, else the
+namespace's `default` - never for a component that holds RBAC (beat's Lease Role, the admin-token
+hook): check-values refuses that. Call with (dict "root" $ "component" "beat"). */}}
 {{- define "celery-stack.serviceAccountName" -}}
-{{- if .root.Values.serviceAccount.create -}}
+{{- $sa := .root.Values.serviceAccount -}}
+{{- $given := index $sa.name (.component | replace "-" "_" | camelcase | untitle) | default "" -}}
+{{- if $given -}}
+{{- $given -}}
+{{- else if $sa.create -}}
 {{- include "celery-stack.componentName" (dict "root" .root "component" .component) -}}
 {{- else -}}
 default
 {{- end -}}
+{{- end -}}
+
+{{/* Beat's leader election: a Kubernetes Lease when beat may reach the API server (no
+NetworkPolicy, or networkPolicy.kubeAPIServerCIDRs set), else the Redis lease with its fencing
+epoch - never an egress rule open to any address. */}}
+{{- define "celery-stack.beatElection" -}}
+{{- $np := .Values.networkPolicy -}}
+{{- $reachable := or (not $np.enabled) $np.kubeAPIServerCIDRs -}}
+{{- $e := .Values.beat.election | default (ternary "kubernetes" "redis" (not (empty $reachable))) -}}
+{{- if and (eq $e "kubernetes") (not $reachable) -}}
+{{- fail "beat.election=kubernetes with networkPolicy.enabled needs networkPolicy.kubeAPIServerCIDRs (the API server endpoints: kubectl get endpoints kubernetes); or leave beat.election empty to use the Redis lease" -}}
+{{- end -}}
+{{- $e -}}
 {{- end -}}
 
 {{- define "celery-stack.beatLeaseName" -}}
