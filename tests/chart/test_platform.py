@@ -350,3 +350,32 @@ class TestPool:
         docs = render_chart({"queueDefaults": {"pool": "prefork"}})
         cmd = pod_spec(docs, "Deployment", f"{FULL}-worker-scans")["containers"][0]["command"]
         assert cmd[cmd.index("--pool") + 1] == "prefork"
+
+
+class TestStorePeersAndPdbs:
+    def test_in_cluster_stores_by_pod_and_namespace_selectors(self):
+        redis_peer = {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "data"}},
+            "podSelector": {"matchLabels": {"app.kubernetes.io/name": "redis"}},
+        }
+        pg_peer = {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "postgresql"}}}
+        docs = render_chart(
+            {"networkPolicy": {"redisPeers": [redis_peer], "databasePeers": [pg_peer]}}
+        )
+        pol = one(docs, "NetworkPolicy", f"{FULL}-egress-stores")
+        rules = {r["ports"][0]["port"]: r.get("to") for r in pol["spec"]["egress"][1:]}
+        assert rules == {6379: [redis_peer], 5432: [pg_peer]}
+
+    def test_cidrs_apply_to_both_stores_and_nothing_means_any_address(self):
+        cidr = {"networkPolicy": {"storeCIDRs": ["10.1.0.0/16"]}}
+        pol = one(render_chart(cidr), "NetworkPolicy", f"{FULL}-egress-stores")
+        tos = [r["to"] for r in pol["spec"]["egress"][1:]]
+        assert tos == [[{"ipBlock": {"cidr": "10.1.0.0/16"}}]] * 2
+        pol = one(render_chart(), "NetworkPolicy", f"{FULL}-egress-stores")
+        assert all("to" not in r for r in pol["spec"]["egress"][1:])
+
+    def test_every_pdb_evicts_unhealthy_pods(self):
+        pdbs = by_kind(render_chart(), "PodDisruptionBudget")
+        assert len(pdbs) >= 3
+        for pdb in pdbs:
+            assert pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow", pdb["metadata"]

@@ -130,7 +130,7 @@ class TestWorkers:
                         "maxMemoryPerChild": 123456,
                         "softTimeLimit": 100,
                         "timeLimit": 120,
-                        "pool": "threads",
+                        "pool": "prefork",  # the only pool accepted (test_platform.py)
                         "queues": ["scans", "scans-priority"],
                         "extraArgs": ["--without-gossip"],
                     }
@@ -146,7 +146,7 @@ class TestWorkers:
         assert arg_after(cmd, "--max-memory-per-child") == "123456"
         assert arg_after(cmd, "--soft-time-limit") == "100"
         assert arg_after(cmd, "--time-limit") == "120"
-        assert arg_after(cmd, "--pool") == "threads"
+        assert arg_after(cmd, "--pool") == "prefork"
         assert cmd[-1] == "--without-gossip"
         cfg = config(docs)
         assert (cfg["SCANS_SOFT_TIME_LIMIT"], cfg["SCANS_TIME_LIMIT"]) == ("100", "120")
@@ -595,12 +595,13 @@ class TestNetworkPolicy:
         assert rules[0] == {
             "ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]
         }
-        assert rules[1]["ports"] == [
-            {"port": 6379, "protocol": "TCP"},
-            {"port": 5432, "protocol": "TCP"},
+        # one rule per store, each with its own peers (tests/chart/test_platform.py)
+        assert [r["ports"] for r in rules[1:]] == [
+            [{"port": 6379, "protocol": "TCP"}],
+            [{"port": 5432, "protocol": "TCP"}],
         ]
-        assert rules[1]["to"] == [{"ipBlock": {"cidr": "10.20.0.0/16"}}]
-        assert len(rules) == 2  # no OTLP rule without an endpoint
+        assert [r["to"] for r in rules[1:]] == [[{"ipBlock": {"cidr": "10.20.0.0/16"}}]] * 2
+        assert len(rules) == 3  # no OTLP rule without an endpoint
 
     def test_api_ingress_and_its_clients(self):
         pol = self.policies()[f"{FULL}-api"]
