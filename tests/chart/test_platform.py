@@ -379,3 +379,118 @@ class TestStorePeersAndPdbs:
         assert len(pdbs) >= 3
         for pdb in pdbs:
             assert pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow", pdb["metadata"]
+
+
+CA = {"name": "ca", "configMap": {"name": "corp-ca"}}
+CA_MOUNT = {"name": "ca", "mountPath": "/etc/corp-ca", "readOnly": True}
+SIDECAR = {"name": "proxy", "image": "envoyproxy/envoy:v1.30", "resources": {}}
+INIT = {"name": "warm", "image": "busybox:1.36", "command": ["true"]}
+
+
+def ext(kinds: tuple[str, ...] = ("liveness",)) -> dict[str, Any]:
+    return {
+        "extraEnvFrom": [{"configMapRef": {"name": "extra"}}],
+        "extraVolumes": [CA],
+        "extraVolumeMounts": [CA_MOUNT],
+        "sidecars": [SIDECAR],
+        "extraInitContainers": [INIT],
+        "podAnnotations": {"team": "jobs"},
+        "probes": {k: {"periodSeconds": 42} for k in kinds},
+    }
+
+
+class TestExtensionPoints:
+    """Bitnami/Airflow-style extension points per component (issue 12 item 8)."""
+
+    @pytest.mark.parametrize(
+        ("values", "kind", "name", "container"),
+        [
+            ({"api": ext()}, "Deployment", "api", "api"),
+            ({"beat": ext()}, "Deployment", "beat", "beat"),
+            ({"queueDefaults": ext()}, "Deployment", "worker-counters", "worker"),
+            ({"queues": {"scans": ext()}}, "Deployment", "worker-scans", "worker"),
+        ],
+        ids=["api", "beat", "all-queues", "one-queue"],
+    )
+    def test_per_component(self, values, kind, name, container):
+        doc = one(render_chart(values), kind, f"{FULL}-{name}")
+        pod = doc["spec"]["template"]
+        spec = pod["spec"]
+        main = next(c for c in spec["containers"] if c["name"] == container)
+        assert {"configMapRef": {"name": "extra"}} in main["envFrom"]
+        assert CA in spec["volumes"] and CA_MOUNT in main["volumeMounts"]
+        assert SIDECAR in spec["containers"]
+        assert spec["initContainers"][-1] == INIT
+        assert pod["metadata"]["annotations"]["team"] == "jobs"
+        assert main["livenessProbe"]["periodSeconds"] == 42
+        # the rest of the chart's probe is kept
+        assert "exec" in main["livenessProbe"] or "httpGet" in main["livenessProbe"]
+
+    def test_one_queue_leaves_the_others_alone(self):
+        docs = render_chart({"queues": {"scans": ext()}})
+        spec = one(docs, "Deployment", f"{FULL}-worker-counters")["spec"]["template"]["spec"]
+        assert [c["name"] for c in spec["containers"]] == ["worker"]
+
+    def test_probe_handler_override_replaces_the_handler(self):
+        probe = {"tcpSocket": {"port": 8000}}
+        docs = render_chart({"api": {"probes": {"readiness": probe}}})
+        api = pod_spec(docs, "Deployment", f"{FULL}-api")["containers"][0]
+        assert api["readinessProbe"]["tcpSocket"] == {"port": 8000}
+        assert "httpGet" not in api["readinessProbe"]
+        assert api["readinessProbe"]["periodSeconds"] == 5  # the chart's timing kept
+
+    def test_global_ca_bundle_reaches_every_container_that_connects(self):
+        docs = render_chart({"extraVolumes": [CA], "extraVolumeMounts": [CA_MOUNT]})
+        for name in ("api", "beat", "worker-scans"):
+            spec = pod_spec(docs, "Deployment", f"{FULL}-{name}")
+            assert CA in spec["volumes"], name
+            for c in [*spec.get("initContainers", []), *spec["containers"]]:
+                assert CA_MOUNT in c["volumeMounts"], (name, c["name"])
+        job = pod_spec(docs, "Job", f"{FULL}-migrations-1")
+        assert CA in job["volumes"] and CA_MOUNT in job["containers"][0]["volumeMounts"]
+
+    def test_ingress_hosts_paths_path_types_and_extra_tls(self):
+        values = {
+            "api": {
+                "ingress": {
+                    "enabled": True,
+                    "hosts": [
+                        "a.example",
+                        {"host": "b.example", "paths": [{"path": "/api", "pathType": "Exact"}]},
+                    ],
+                    "pathType": "ImplementationSpecific",
+                    "tls": [{"hosts": ["a.example"], "secretName": "a"}],
+                    "extraTLS": [{"hosts": ["b.example"], "secretName": "b"}],
+                }
+            }
+        }
+        ing = one(render_chart(values), "Ingress", f"{FULL}-api")
+        rules = {
+            r["host"]: [(p["path"], p["pathType"]) for p in r["http"]["paths"]]
+            for r in ing["spec"]["rules"]
+        }
+        assert rules == {
+            "a.example": [("/", "ImplementationSpecific")],
+            "b.example": [("/api", "Exact")],
+        }
+        assert [t["secretName"] for t in ing["spec"]["tls"]] == ["a", "b"]
+
+    def test_extra_deploy_objects_and_templated_strings(self):
+        values = {
+            "extraDeploy": [
+                {
+                    "apiVersion": "v1",
+                    "kind": "ConfigMap",
+                    "metadata": {"name": "{{ .Release.Name }}-x"},
+                },
+                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: y-{{ .Values.logLevel | lower }}\n",
+            ]
+        }
+        docs = render_chart(values)
+        assert one(docs, "ConfigMap", f"{RELEASE}-x")
+        assert one(docs, "ConfigMap", "y-info")
+
+    @pytest.mark.parametrize("store", ["redis", "postgresql"])
+    def test_bundled_store_toggle_fails_with_a_message_when_its_chart_is_absent(self, store):
+        err = render_error({"evaluation": {store: {"enabled": True}}})
+        assert f"evaluation.{store}.enabled" in err and "charts/" in err

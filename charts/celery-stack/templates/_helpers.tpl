@@ -64,7 +64,7 @@ Call with (dict "root" $ "name" "counters"); returns YAML. */}}
 {{- $q := index .root.Values.queues .name | default dict -}}
 {{- $out := dict "name" .name -}}
 {{- range $k, $v := $d -}}
-{{- if and (kindIs "map" $v) (has $k (list "autoscaling" "pdb")) -}}
+{{- if and (kindIs "map" $v) (has $k (list "autoscaling" "pdb" "probes")) -}}
 {{- $sub := dict -}}
 {{- $qs := index $q $k | default dict -}}
 {{- range $k2, $v2 := $v -}}
@@ -376,6 +376,9 @@ topologySpreadConstraints:
 
 {{/* ---------------------------------------------------------------- pods */}}
 {{- define "celery-stack.podAnnotations" -}}
+{{- with .c }}{{- with .podAnnotations }}
+{{ toYaml . }}
+{{- end }}{{- end }}
 checksum/config: {{ include "celery-stack.configData" .root | sha256sum }}
 checksum/secret: {{ include "celery-stack.secretData" .root | sha256sum }}
 {{- if and .metricsPort .root.Values.metrics.annotations (not (include "celery-stack.monitorsEnabled" .root)) }}
@@ -420,6 +423,9 @@ the image's Python, no shell). */}}
     - name: scripts
       mountPath: /opt/celery-stack/scripts
       readOnly: true
+    {{- with .Values.extraVolumeMounts }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
 {{- end }}
 {{- end -}}
 
@@ -461,4 +467,38 @@ epoch - never an egress rule open to any address. */}}
 
 {{- define "celery-stack.beatLeaseName" -}}
 {{- .Values.beat.leaseName | default (printf "%s-beat" (include "celery-stack.fullname" .)) -}}
+{{- end -}}
+
+
+{{/* ---------------------------------------------------------------- extension points
+Per component (api, beat, each queue): extraEnvFrom, extraVolumes, extraVolumeMounts, sidecars,
+extraInitContainers, podAnnotations, probes; global extraVolumes/extraVolumeMounts reach every
+celery-stack container (e.g. a CA bundle for TLS to Redis/PostgreSQL). Call with
+(dict "root" $ "c" <component values>). */}}
+{{- define "celery-stack.extraVolumeMounts" -}}
+{{- with .root.Values.extraVolumeMounts }}
+{{ toYaml . }}
+{{- end }}
+{{- with .c.extraVolumeMounts }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{- define "celery-stack.extraVolumes" -}}
+{{- with .root.Values.extraVolumes }}
+{{ toYaml . }}
+{{- end }}
+{{- with .c.extraVolumes }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{- define "celery-stack.initContainers" -}}
+{{- $wait := include "celery-stack.waitForMigrations" .root | trim -}}
+{{- if and .wait $wait }}
+{{ $wait }}
+{{- end }}
+{{- with .c.extraInitContainers }}
+{{ toYaml . }}
+{{- end }}
 {{- end -}}
