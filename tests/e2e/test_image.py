@@ -192,7 +192,7 @@ def stack(image: Built, settings, tmp_path) -> Iterator[Stack]:
     database = f"cs_image_{secrets.token_hex(4)}"
 
     async def create() -> None:
-        conn = await asyncpg.connect(settings.DATABASE_URL.replace("+asyncpg", ""))
+        conn = await asyncpg.connect(settings.stores.database_url.replace("+asyncpg", ""))
         await conn.execute(f'CREATE DATABASE "{database}"')
         await conn.close()
 
@@ -203,7 +203,7 @@ def stack(image: Built, settings, tmp_path) -> Iterator[Stack]:
     env = {
         "ENVIRONMENT": "local",
         "LOG_LEVEL": "INFO",
-        "DATABASE_URL": settings.DATABASE_URL.rsplit("/", 1)[0] + f"/{database}",
+        "DATABASE_URL": settings.stores.database_url.rsplit("/", 1)[0] + f"/{database}",
         "REDIS_URL": redis_server.url,
         "METRICS_PORT": "0",
         "WORKER_HEARTBEAT_INTERVAL": "1",
@@ -314,7 +314,10 @@ def test_image_runs_the_stack_and_stops_cleanly(image: Built, stack: Stack, tmp_
         test_cmd = [*cmds["test"][:2], base, "90", *cmds["test"][4:]]
         assert cmds["test"][4:] == list(QUEUES)
         rt = stack.run("helm-test", test_cmd, detach=False)
-        assert rt.returncode == 0, rt.stdout + rt.stderr
+        assert rt.returncode == 0, (
+            rt.stdout + rt.stderr,
+            {q: stack.logs(n) for q, n in workers.items()},
+        )
         for q in QUEUES:
             assert f"queue {q}: round trip ok" in rt.stdout
 
