@@ -136,7 +136,7 @@ class Watchdog(bootsteps.StartStopStep):  # type: ignore[misc]
         try:
             conn.ensure_connection(max_retries=1, timeout=2)
             conn.default_channel.client.ping()
-        except (OperationalError, *conn.connection_errors) as exc:
+        except (OperationalError, *conn.connection_errors, *conn.channel_errors) as exc:
             log.warning(
                 "broker unreachable: an outage, not a wedge; liveness kept, readiness dropped",
                 extra={"error": repr(exc)},
