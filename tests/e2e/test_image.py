@@ -188,7 +188,6 @@ class Stack:
 
 @pytest.fixture
 def stack(image: Built, settings, tmp_path) -> Iterator[Stack]:
-    redis_server = RedisServer(tmp_path / "redis").start()
     database = f"cs_image_{secrets.token_hex(4)}"
 
     async def create() -> None:
@@ -200,25 +199,28 @@ def stack(image: Built, settings, tmp_path) -> Iterator[Stack]:
     # readable by the containers' user 10001 (pytest's tmp dirs are private to root)
     shared = Path(tempfile.mkdtemp(prefix="cs-image-e2e-"))
     shared.chmod(0o755)
-    env = {
-        "ENVIRONMENT": "local",
-        "LOG_LEVEL": "INFO",
-        "DATABASE_URL": settings.stores.database_url.rsplit("/", 1)[0] + f"/{database}",
-        "REDIS_URL": redis_server.url,
-        "METRICS_PORT": "0",
-        "WORKER_HEARTBEAT_INTERVAL": "1",
-        "COUNTER_FLUSH_INTERVAL": "0.5",
-        "RECOUNT_INTERVAL": "0.5",
-        "OUTBOX_RELAY_INTERVAL": "1",
-        "OUTBOX_RELAY_MIN_AGE": "0.5",
-        "BEAT_ELECTION": "redis",
-    }
-    env_file = shared / "env"
-    env_file.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
-    env_file.chmod(0o644)
-    s = Stack(image.cli, env_file, [f"{CHART / 'files'}:{SCRIPTS}:ro", f"{shared}:{shared}:ro"])
+    redis_server = RedisServer(tmp_path / "redis")
+    s = Stack(
+        image.cli, shared / "env", [f"{CHART / 'files'}:{SCRIPTS}:ro", f"{shared}:{shared}:ro"]
+    )
     s.shared = shared  # type: ignore[attr-defined]
     try:
+        redis_server.start()
+        env = {
+            "ENVIRONMENT": "local",
+            "LOG_LEVEL": "INFO",
+            "DATABASE_URL": settings.stores.database_url.rsplit("/", 1)[0] + f"/{database}",
+            "REDIS_URL": redis_server.url,
+            "METRICS_PORT": "0",
+            "WORKER_HEARTBEAT_INTERVAL": "1",
+            "COUNTER_FLUSH_INTERVAL": "0.5",
+            "RECOUNT_INTERVAL": "0.5",
+            "OUTBOX_RELAY_INTERVAL": "1",
+            "OUTBOX_RELAY_MIN_AGE": "0.5",
+            "BEAT_ELECTION": "redis",
+        }
+        s.env_file.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
+        s.env_file.chmod(0o644)
         yield s
     finally:
         for name in s.names:
