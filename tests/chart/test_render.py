@@ -857,4 +857,5 @@ class TestLabelsAndNames:
                 "flower",
                 "networkpolicies",
                 "tests",
+                "monitoring",
             }
