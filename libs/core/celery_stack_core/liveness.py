@@ -22,6 +22,7 @@ connection of its own (never the consumer's, which is blocked in BRPOP).
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -33,6 +34,17 @@ from kombu.exceptions import OperationalError
 log = logging.getLogger(__name__)
 
 CONSUMING_SUFFIX = ".consuming"
+
+# A prefork child forked while the watchdog is mid-check would inherit the locks the watchdog
+# held at that instant (stderr's buffer while it logs, a connection's) and hang at its first use:
+# a task received, never run. Forks wait for the check in progress; the child starts with the
+# lock free (it is held by the forking thread, which is the child's only thread).
+_checking = threading.Lock()
+os.register_at_fork(
+    before=_checking.acquire,
+    after_in_parent=_checking.release,
+    after_in_child=_checking.release,
+)
 
 
 def consuming_file(alive_file: str) -> str:
@@ -125,11 +137,12 @@ class Watchdog(bootsteps.StartStopStep):  # type: ignore[misc]
     def check(self) -> None:
         # two missed ticks and the loop is not consuming any more
         window = 2 * self.interval + 1
-        if time.monotonic() - self.state.last_consuming < window:
-            self.alive.touch()
-            self.consuming.touch()
-        elif not self._broker_reachable():
-            self.alive.touch()
+        with _checking:
+            if time.monotonic() - self.state.last_consuming < window:
+                self.alive.touch()
+                self.consuming.touch()
+            elif not self._broker_reachable():
+                self.alive.touch()
 
     def _broker_reachable(self) -> bool:
         conn = self.app.connection_for_write(connect_timeout=2)
