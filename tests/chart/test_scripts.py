@@ -177,7 +177,8 @@ class TestWorkerLiveness:
         ctr = worker(render_chart({**FAST_PROBES, "queues": {"counters": {"concurrency": 1}}}))
         probes = {k: ctr[k]["exec"]["command"] for k in ("livenessProbe", "readinessProbe")}
         probes["startupProbe"] = ctr["startupProbe"]["exec"]["command"]
-        window = FAST_PROBES["workerProbes"]["maxHeartbeatAge"] + 3 + 5  # + slack of the polls
+        # maxHeartbeatAge + two missed ticks, + slack for probe processes on a loaded machine
+        window = FAST_PROBES["workerProbes"]["maxHeartbeatAge"] + 3 + 20
 
         def start(name: str, argv: list[str], **extra: str):
             broker = RedisServer(tmp_path / name / "redis").start()
@@ -214,7 +215,7 @@ class TestWorkerLiveness:
                 time.sleep(3)
             assert not ready[-1], "readiness must drop while the worker cannot consume"
             broker.start()  # same port
-            rt = script("roundtrip.py", "-", "60", "counters", env=env)
+            rt = script("roundtrip.py", "-", "120", "counters", env=env, timeout=180)
             assert rt.returncode == 0, rt.stdout + rt.stderr  # consuming again
             assert alive(env)
             wait_until(lambda: run(probes["readinessProbe"], env).returncode == 0, timeout=30)
@@ -223,9 +224,7 @@ class TestWorkerLiveness:
             _, env = start(name, argv, **extra)
             assert alive(env)
             wedge(env)
-            started = time.monotonic()
-            wait_until(lambda: not alive(env), timeout=window + 30, interval=1, what=name)
-            assert time.monotonic() - started <= window, f"{name}: liveness failed too late"
+            wait_until(lambda: not alive(env), timeout=window, interval=1, what=name)
 
         def cancel(env: dict[str, str]) -> None:
             stop = run(ctr["lifecycle"]["preStop"]["exec"]["command"], env, timeout=60)

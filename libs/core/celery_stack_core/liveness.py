@@ -132,7 +132,10 @@ class Watchdog(bootsteps.StartStopStep):  # type: ignore[misc]
 
     def _run(self) -> None:
         while not self.stopping.wait(self.interval):
-            self.check()
+            try:
+                self.check()
+            except Exception:  # a dead watchdog would fail liveness for good: log, go on
+                log.exception("liveness watchdog check failed; retried next interval")
 
     def check(self) -> None:
         # two missed ticks and the loop is not consuming any more
