@@ -19,6 +19,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from celery_stack_core import queues as registry
 from celery_stack_core.queues import QUEUES, QueueSpec
 
 # Development tokens, accepted only when ENVIRONMENT=local or test (see Settings._check_tokens).
@@ -342,6 +343,34 @@ class OutboxSettings(_Group):
     relay_batch: int = Field(default=500, ge=1, le=10_000, validation_alias="OUTBOX_RELAY_BATCH")
 
 
+class MaintenanceSettings(_Group):
+    """maintenance rules"""
+
+    # Run the shipped rule set (report 003's eleven jobs over the example tables of migration
+    # 0004); docs/maintenance-rules.md. Off: only MAINTENANCE_RULES run.
+    default_rules: bool = Field(default=True, validation_alias="MAINTENANCE_DEFAULT_RULES")
+    # JSON object: default rule name -> fields to change, e.g.
+    # {"check-expired-coupons": {"every": 60, "batch_size": 2000}}.
+    rule_overrides: Annotated[dict[str, dict[str, Any]], NoDecode] = Field(
+        default_factory=dict, validation_alias="MAINTENANCE_RULE_OVERRIDES"
+    )
+    # JSON list of the operator's own rules (same format as the defaults), validated at startup
+    # against the live schema; a name used twice is refused.
+    rules: Annotated[list[dict[str, Any]], NoDecode] = Field(
+        default_factory=list, validation_alias="MAINTENANCE_RULES"
+    )
+
+    @field_validator("rule_overrides", mode="before")
+    @classmethod
+    def _parse_overrides(cls, value: object) -> object:
+        return _json_or_empty(value, {})
+
+    @field_validator("rules", mode="before")
+    @classmethod
+    def _parse_rules(cls, value: object) -> object:
+        return _json_or_empty(value, [])
+
+
 def env_name(group: type[BaseModel], field: str) -> str:
     alias = group.model_fields[field].validation_alias
     assert isinstance(alias, str), f"{group.__name__}.{field} needs its env name as alias"
@@ -365,6 +394,7 @@ class Settings(BaseModel):
     scans: ScanSettings = Field(default_factory=ScanSettings)
     scanner: ScannerSettings = Field(default_factory=ScannerSettings)
     outbox: OutboxSettings = Field(default_factory=OutboxSettings)
+    maintenance: MaintenanceSettings = Field(default_factory=MaintenanceSettings)
 
     GROUPS: ClassVar[dict[str, type[_Group]]] = {
         "deploy": DeploySettings,
@@ -377,6 +407,7 @@ class Settings(BaseModel):
         "scans": ScanSettings,
         "scanner": ScannerSettings,
         "outbox": OutboxSettings,
+        "maintenance": MaintenanceSettings,
     }
 
     @staticmethod
@@ -433,7 +464,7 @@ class Settings(BaseModel):
     def _check_queues(self) -> Settings:
         visibility = self.celery.visibility_timeout
         for name, queue in self.queues.items():
-            prefix = QUEUES[name].env_prefix if name in QUEUES else name.upper() + "_"
+            prefix = registry.spec(name).env_prefix
             if queue.soft_time_limit >= queue.time_limit:
                 raise ValueError(f"{prefix}SOFT_TIME_LIMIT must be below its TIME_LIMIT")
             if queue.time_limit >= visibility:
@@ -455,10 +486,8 @@ class Settings(BaseModel):
         return self.celery.result_backend or self.stores.redis_url
 
     def queue(self, name: str) -> QueueSettings:
-        """The settings of a registered queue (KeyError names the registry)."""
-        from celery_stack_core.queues import spec
-
-        return self.queues[spec(name).name]
+        """The settings of a registered queue (UnknownQueue names the registry)."""
+        return self.queues[registry.spec(name).name]
 
     def values(self) -> dict[str, Any]:
         """Every setting by its variable name (python values)."""
@@ -482,14 +511,17 @@ class Settings(BaseModel):
         names = self.env_names()
         for key, value in self.values().items():
             if names[key][0].startswith("queues.") and isinstance(value, list):
-                out[key] = ",".join(value)  # <QUEUE>_QUEUES is comma-separated
+                if value:
+                    out[key] = ",".join(value)  # <QUEUE>_QUEUES is comma-separated
             elif isinstance(value, list):
                 out[key] = json.dumps(
                     [v.model_dump() if isinstance(v, BaseModel) else v for v in value]
                 )
             elif isinstance(value, dict):
                 out[key] = json.dumps(value)
-            else:
+            elif value != "":
+                # Empty is left out, never exported as "": some libraries read these variables
+                # themselves (prometheus_client takes PROMETHEUS_MULTIPROC_DIR="" as a directory).
                 out[key] = str(value)
         return out
 

@@ -136,6 +136,7 @@ def worker_argv(settings: Settings, queue: str, extra: list[str]) -> list[str]:
     # pass their own -n.
     named = any(arg.split("=", 1)[0] in ("-n", "--hostname") for arg in extra)
     return [
+        "--quiet",  # celery's global option: no ASCII banner, every line printed is JSON
         "worker",
         "-Q",
         ",".join(limits.queues or [queue]),
@@ -155,6 +156,9 @@ def run_worker(app: Celery, settings: Settings, queue: str, extra: list[str]) ->
 def worker_main(queue: str, extra: list[str]) -> None:
     """The body of every worker console script: settings, metrics dir, the queue's tasks."""
     settings = get_settings()
+    # JSON from the first line: what Celery prints before its setup_logging signal (the root
+    # SecurityWarning) would otherwise be raw text. install_hooks configures it again.
+    configure_logging(f"worker-{queue}", settings.deploy.log_level)
     prepare_multiproc_dir(settings)
     # Imported after the multiprocess dir is set: the module builds the app and its metrics.
     app = importlib.import_module(spec(queue).tasks_module).app

@@ -7,10 +7,12 @@ from celery_stack_core.celery_app import make_celery
 from celery_stack_core.config import get_settings
 from celery_stack_core.worker import install_hooks
 from celery_stack_janitor.relay import relay_all
+from celery_stack_janitor.rules_tasks import register as register_rules
 
 settings = get_settings()
 app = make_celery(settings, "celery_stack_janitor")
 install_hooks(app, settings, "worker-maintenance")
+register_rules(app, settings)
 
 
 @app.task(name="maintenance.outbox_relay")
