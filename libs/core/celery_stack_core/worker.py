@@ -69,9 +69,10 @@ def install_hooks(app: Celery, settings: Settings, service: str) -> None:
 
 
 def serve_worker_metrics(app: Celery, settings: Settings, service: str) -> None:
-    """The worker's port: /metrics (this queue's families), /healthz (not wedged: the consuming
-    heartbeat is younger than LIVENESS_FACTOR intervals), /readyz (consuming now: as fresh as the
-    chart's readiness probe asks), anything else 404."""
+    """The worker's port: /metrics (this queue's families), /healthz (not wedged: the liveness
+    file is younger than LIVENESS_FACTOR intervals; it stays fresh through a broker outage),
+    /readyz (consuming now: the consuming file as fresh as the chart's readiness probe asks),
+    anything else 404."""
     from celery_stack_core import celery_metrics, metrics
 
     obs = settings.observability
@@ -85,20 +86,24 @@ def serve_worker_metrics(app: Celery, settings: Settings, service: str) -> None:
         make_redis(settings, settings.broker_url),
         consumed,
         dict(app.conf.broker_transport_options or {}),
-        heartbeat_file=obs.worker_heartbeat_file,
+        # consuming now (the readiness file), not merely "not wedged" (celery_stack_core.liveness)
+        heartbeat_file=liveness.consuming_file(obs.worker_heartbeat_file),
         fresh_within=ready_within,
     )
     reg = metrics.registry(metrics.role_of_worker(queue), [broker])
 
-    def check(within: float) -> metrics.Check:
+    def check(path: str, within: float) -> metrics.Check:
         def run() -> tuple[bool, dict[str, Any]]:
-            age = liveness.heartbeat_age(obs.worker_heartbeat_file)
+            age = liveness.heartbeat_age(path)
             return age <= within, {"heartbeat_age": round(min(age, 1e9), 3), "max_age": within}
 
         return run
 
+    alive, consuming = obs.worker_heartbeat_file, liveness.consuming_file(obs.worker_heartbeat_file)
     metrics.serve(
-        obs.metrics_port, reg, {"/healthz": check(alive_within), "/readyz": check(ready_within)}
+        obs.metrics_port,
+        reg,
+        {"/healthz": check(alive, alive_within), "/readyz": check(consuming, ready_within)},
     )
 
 
