@@ -3,6 +3,9 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 UV ?= $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 PYTEST_ARGS ?=
+# Test files run in parallel: most of the suite waits on real servers and processes, not the CPU
+# (one pytest-xdist worker per file group; PYTEST_WORKERS=0 runs serially).
+PYTEST_WORKERS ?= 3
 
 .PHONY: help
 help: ## List the targets.
@@ -32,7 +35,7 @@ lint: install ## ruff + mypy.
 
 .PHONY: test
 test: lint tools ## Lint, type-check and run the whole test suite on real servers.
-	$(UV) run --frozen pytest $(PYTEST_ARGS)
+	$(UV) run --frozen pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 .PHONY: e2e
 e2e: install ## Only the whole-stack and chaos tests.
