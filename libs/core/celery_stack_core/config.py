@@ -233,6 +233,41 @@ class Settings(BaseSettings):
 
     # --- scans (end) --------------------------------------------------------------------------
 
+    # --- janitor (begin) ----------------------------------------------------------------------
+    # Keys asked for per SCAN step (its COUNT hint): one step is a bounded piece of Redis work.
+    JANITOR_SCAN_COUNT: int = Field(default=1000, ge=10, le=100_000)
+    # Keys one sweep examines per run at most; the next run goes on from the saved cursor.
+    JANITOR_MAX_KEYS: int = Field(default=2_000_000, ge=100)
+    # Rows per retention transaction, and transactions per sweep per run at most.
+    JANITOR_BATCH_SIZE: int = Field(default=1000, ge=1, le=100_000)
+    JANITOR_MAX_BATCHES: int = Field(default=100, ge=1)
+    # A lock's owner must have been silent (no heartbeat) this many seconds before its lock is
+    # released, and on Kubernetes its pod must be gone as well (DESIGN "Locks and the janitor").
+    JANITOR_LOCK_GRACE: float = Field(default=30.0, ge=0)
+    # A running scan is stuck when its heartbeat is older than SCAN_HEARTBEAT_STALE plus this
+    # and its worker is not alive; it is then requeued as a new attempt or marked dead.
+    JANITOR_STUCK_SCAN_GRACE: float = Field(default=60.0, ge=0)
+    # An in-flight counter batch older than this with no flush lease held gets a flush sent to
+    # the counters queue, which resumes it (the flush's own claim returns the in-flight batch).
+    JANITOR_INFLIGHT_MAX_AGE: float = Field(default=120.0, gt=0)
+    # Dirty-set claims older than RECOUNT_CLAIM_TIMEOUT plus this go back to the dirty set.
+    JANITOR_CLAIM_GRACE: float = Field(default=60.0, ge=0)
+    # Unsent outbox rows older than this are published by the janitor (the relay missed them).
+    JANITOR_OUTBOX_MAX_AGE: float = Field(default=300.0, gt=0)
+    # Retention in days: findings of finished scans, sent outbox rows, dead scans, and counter
+    # ledger rows (only those whose batch can no longer be resumed, docs/counters.md).
+    RETENTION_FINDINGS_DAYS: float = Field(default=90.0, gt=0)
+    RETENTION_OUTBOX_DAYS: float = Field(default=7.0, gt=0)
+    RETENTION_DEAD_SCANS_DAYS: float = Field(default=30.0, gt=0)
+    RETENTION_LEDGER_DAYS: float = Field(default=7.0, gt=0)
+    # Seconds a dry run through the API may take; it reports `complete: false` when cut short.
+    JANITOR_DRY_RUN_TIMEOUT: float = Field(default=10.0, gt=0)
+    # Kubernetes namespace whose pods own locks and scans (the janitor's own when empty and
+    # in-cluster); outside Kubernetes pod owners are never released without an event.
+    JANITOR_NAMESPACE: str = ""
+    # --- janitor (end) ------------------------------------------------------------------------
+
+
     @field_validator("API_TOKENS", mode="before")
     @classmethod
     def _parse_tokens(cls, value: object) -> object:
@@ -261,6 +296,14 @@ class Settings(BaseSettings):
                     f"CELERY_VISIBILITY_TIMEOUT ({self.CELERY_VISIBILITY_TIMEOUT}s) must exceed "
                     f"{queue.upper()}_TIME_LIMIT ({hard}s)"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _check_janitor(self) -> Settings:
+        # A flusher holds a batch id in memory for at most COUNTERS_TIME_LIMIT; a ledger row
+        # must outlive that by far, or a late flusher could apply its batch twice.
+        if self.RETENTION_LEDGER_DAYS * 86400 < 100 * self.COUNTERS_TIME_LIMIT:
+            raise ValueError("RETENTION_LEDGER_DAYS must exceed 100 x COUNTERS_TIME_LIMIT")
         return self
 
     @model_validator(mode="after")

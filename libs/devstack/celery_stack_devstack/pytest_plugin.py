@@ -43,6 +43,7 @@ TABLES = (
     "findings",
     "scans",
     "outbox",
+    "maintenance_jobs",
 )
 
 
