@@ -15,7 +15,7 @@ from celery_stack_api.auth import TokenTable
 from celery_stack_api.counting import NotFound, Unavailable
 from celery_stack_api.fastpath import ViewFastPath
 from celery_stack_api.limits import BodyLimit
-from celery_stack_api.routes import content, counters, health, scans
+from celery_stack_api.routes import content, counters, health, maintenance, scans
 from celery_stack_api.scans import BadCursor, ScanConflict, ScanNotFound
 from celery_stack_api.state import AppState
 from celery_stack_core import outbox
@@ -70,6 +70,7 @@ def create_app(settings: Settings | None = None, *, view_fast_path: bool = True)
     app.include_router(counters.router)
     app.include_router(content.router)
     app.include_router(scans.router)
+    app.include_router(maintenance.router)
 
     @app.exception_handler(NotFound)
     async def _not_found(request: Request, exc: NotFound) -> JSONResponse:

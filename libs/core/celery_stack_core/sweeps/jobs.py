@@ -82,7 +82,7 @@ async def create(
                 await conn.execute(
                     insert(jobs)
                     .values(id=job_id, kind=kind, requested_by=requested_by,
-                            progress={"sweeps": list(KINDS[kind]), "done": []})
+                            progress={"sweeps": list(KINDS[kind]), "finished": []})
                     .returning(*COLUMNS)
                 )
             ).one()
@@ -131,7 +131,7 @@ async def execute(ctx: SweepContext, job_id: uuid.UUID) -> str:
                 update(jobs)
                 .where(jobs.c.id == job_id)
                 .values(heartbeat_at=func.now(),
-                        progress={**row.progress, "done": [r.sweep for r in done],
+                        progress={**row.progress, "finished": [r.sweep for r in done],
                                   **totals(done)})
             )
 
