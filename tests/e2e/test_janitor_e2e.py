@@ -40,8 +40,11 @@ LEASE = keys.lock("flush:post:views:0")
 
 def start_worker(start_service, tmp_path, name, argv, **env):
     alive = tmp_path / f"{name}.alive"
-    svc = start_service(name, [*argv, "--concurrency", "1", "-n", f"{name}@%h"],
-                        **{**LIMITS, "WORKER_HEARTBEAT_FILE": str(alive), **env})
+    svc = start_service(
+        name,
+        [*argv, "--concurrency", "1", "-n", f"{name}@%h"],
+        **{**LIMITS, "WORKER_HEARTBEAT_FILE": str(alive), **env},
+    )
     wait_until(alive.exists, timeout=120, what=f"{name} consuming")
     return svc
 
@@ -57,9 +60,16 @@ async def test_kill9_lease_and_scan_released_after_grace_and_finished_once(
     start_service, api, settings, clean_db, redis, tmp_path
 ):
     mark = tmp_path / "held"
-    w1 = start_worker(start_service, tmp_path, "w1", ["python", str(HERE / "janitor_worker_hooked.py")],
-                      HOLD_MARK=str(mark))
-    r = await api.post("/api/v1/scans", json={"domain": "hold.test", "config": {"check_http": False}})
+    w1 = start_worker(
+        start_service,
+        tmp_path,
+        "w1",
+        ["python", str(HERE / "janitor_worker_hooked.py")],
+        HOLD_MARK=str(mark),
+    )
+    r = await api.post(
+        "/api/v1/scans", json={"domain": "hold.test", "config": {"check_http": False}}
+    )
     assert r.status_code == 201, r.text
     sid = r.json()["id"]
     await await_until(lambda: asyncio.sleep(0, mark.exists()), timeout=60, what="lease held")
@@ -69,23 +79,32 @@ async def test_kill9_lease_and_scan_released_after_grace_and_finished_once(
     w1.proc.wait(10)
     killed_at = time.monotonic()
 
-    s = settings.model_copy(update={
-        "JANITOR_LOCK_GRACE": 3.0, "SCAN_HEARTBEAT_INTERVAL": 0.5, "SCAN_HEARTBEAT_STALE": 3.0,
-        "JANITOR_STUCK_SCAN_GRACE": 1.0,
-    })
+    s = settings.model_copy(
+        update={
+            "JANITOR_LOCK_GRACE": 3.0,
+            "SCAN_HEARTBEAT_INTERVAL": 0.5,
+            "SCAN_HEARTBEAT_STALE": 3.0,
+            "JANITOR_STUCK_SCAN_GRACE": 1.0,
+        }
+    )
     app = outbox.fail_fast(make_celery(s, "janitor_test"))
     ctx = SweepContext(redis, clean_db, s, publish=outbox.celery_publisher(app))
     names = ["locks", "stuck-scans"]
     early = await sweeps.run(ctx, names, dry_run=False)
     assert [r.done for r in early] == [0, 0], [r.as_dict() for r in early]
     assert early[0].skipped == {"heartbeat_fresh": 1}
-    assert await redis.get(LEASE) is not None and (await scan_row(clean_db, sid)).status == "running"
+    assert (
+        await redis.get(LEASE) is not None and (await scan_row(clean_db, sid)).status == "running"
+    )
 
     await asyncio.sleep(4.5)
     dry = await sweeps.run(ctx, names, dry_run=True)
     real = await sweeps.run(ctx, names, dry_run=False)
     assert [r.outcome() for r in dry] == [r.outcome() for r in real]
-    assert real[0].by_action["release"] == 1 and real[0].actions[0].detail[1] == ("reason", "pid_gone")
+    assert real[0].by_action["release"] == 1 and real[0].actions[0].detail[1] == (
+        "reason",
+        "pid_gone",
+    )
     assert real[1].by_action == {"requeue": 1}
     assert await redis.get(LEASE) is None
     assert time.monotonic() - killed_at < 30  # released by the janitor, not by the 60 s TTL

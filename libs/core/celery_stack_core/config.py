@@ -267,7 +267,6 @@ class Settings(BaseSettings):
     JANITOR_NAMESPACE: str = ""
     # --- janitor (end) ------------------------------------------------------------------------
 
-
     @field_validator("API_TOKENS", mode="before")
     @classmethod
     def _parse_tokens(cls, value: object) -> object:

@@ -19,7 +19,9 @@ import subprocess
 import uuid
 from dataclasses import dataclass, field
 
-from hypothesis import HealthCheck, Phase, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, Phase, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 from sqlalchemy import insert, select, text
 
 from celery_stack_core import keys, sweeps
@@ -58,15 +60,20 @@ class World:
     locks: list[tuple[str, str, str]] = field(default_factory=list)  # (name, owner kind, heartbeat)
 
 
-scan_st = st.fixed_dictionaries({
-    "present": st.booleans(),
-    "status": st.sampled_from(["queued", "running", "running", "succeeded"]),
-    "owner": owner_kinds,
-    "silent": st.booleans(),  # heartbeat far in the past
-    "deliveries": st.integers(1, 4),
-})
-lock_st = st.tuples(st.sampled_from(["flush:a", "flush:b", "x", "y", "z"]), owner_kinds,
-                    st.sampled_from(["fresh", "silent", "missing"]))
+scan_st = st.fixed_dictionaries(
+    {
+        "present": st.booleans(),
+        "status": st.sampled_from(["queued", "running", "running", "succeeded"]),
+        "owner": owner_kinds,
+        "silent": st.booleans(),  # heartbeat far in the past
+        "deliveries": st.integers(1, 4),
+    }
+)
+lock_st = st.tuples(
+    st.sampled_from(["flush:a", "flush:b", "x", "y", "z"]),
+    owner_kinds,
+    st.sampled_from(["fresh", "silent", "missing"]),
+)
 
 
 @st.composite
@@ -78,10 +85,14 @@ def worlds(draw):
         s["id"] = str(uuid.UUID(int=salt + i + 1))
         if draw(st.booleans()):
             w.results.append((f"scan-{s['id']}-1", draw(st.booleans())))
-    w.results += [(f"scan-{uuid.uuid4()}-1", draw(st.booleans())) for _ in range(draw(st.integers(0, 3)))]
+    w.results += [
+        (f"scan-{uuid.uuid4()}-1", draw(st.booleans())) for _ in range(draw(st.integers(0, 3)))
+    ]
     w.results += [(f"beat:flush:{i}", draw(st.booleans())) for i in range(draw(st.integers(0, 2)))]
     w.results += [(f"other-{i}", draw(st.booleans())) for i in range(draw(st.integers(0, 2)))]
-    w.locks = list({name: (name, o, hb) for name, o, hb in draw(st.lists(lock_st, max_size=5))}.values())
+    w.locks = list(
+        {name: (name, o, hb) for name, o, hb in draw(st.lists(lock_st, max_size=5))}.values()
+    )
     return w
 
 
@@ -100,14 +111,26 @@ async def build(world: World, engine, redis) -> None:
             if not s["present"]:
                 continue
             hb = "now() - interval '1 hour'" if s["silent"] else "now()"
-            await conn.execute(insert(Scan.__table__).values(
-                id=s["id"], owner="u", domain="example.com", status=s["status"],
-                deliveries=s["deliveries"], worker=OWNERS[s["owner"]][0] if s["status"] == "running" else None,
-            ))
+            await conn.execute(
+                insert(Scan.__table__).values(
+                    id=s["id"],
+                    owner="u",
+                    domain="example.com",
+                    status=s["status"],
+                    deliveries=s["deliveries"],
+                    worker=OWNERS[s["owner"]][0] if s["status"] == "running" else None,
+                )
+            )
             if s["status"] == "running":
-                await conn.execute(text(f"UPDATE scans SET heartbeat_at = {hb} WHERE id = :id"), {"id": s["id"]})
+                await conn.execute(
+                    text(f"UPDATE scans SET heartbeat_at = {hb} WHERE id = :id"), {"id": s["id"]}
+                )
     for tid, ttl in world.results:
-        await redis.set(RESULT_PREFIX + tid, json.dumps({"status": "SUCCESS", "task_id": tid}), ex=600 if ttl else None)
+        await redis.set(
+            RESULT_PREFIX + tid,
+            json.dumps({"status": "SUCCESS", "task_id": tid}),
+            ex=600 if ttl else None,
+        )
     for name, kind, hb in world.locks:
         owner = OWNERS[kind][0]
         record = json.dumps({"owner": owner, "nonce": name, "at": 0, "ttl": 30})
@@ -115,27 +138,50 @@ async def build(world: World, engine, redis) -> None:
         await redis.sadd(keys.owner_locks(owner), keys.lock(name))
         if hb != "missing":
             # written with 2 x ttl = 60 s; "silent" = last beat 50 s ago (past the 30 s grace)
-            await redis.set(keys.owner_heartbeat(owner), record, px=59_000 if hb == "fresh" else 10_000)
+            await redis.set(
+                keys.owner_heartbeat(owner), record, px=59_000 if hb == "fresh" else 10_000
+            )
 
 
 async def snapshot(engine, redis) -> dict:
     async with engine.connect() as conn:
-        rows = (await conn.execute(select(Scan.__table__.c.id, Scan.__table__.c.status, Scan.__table__.c.attempt))).all()
+        rows = (
+            await conn.execute(
+                select(Scan.__table__.c.id, Scan.__table__.c.status, Scan.__table__.c.attempt)
+            )
+        ).all()
     locks_now = {k: await redis.get(k) for k in await redis.keys(keys.lock("*"))}  # test-only
     results_now = set(await redis.keys(RESULT_PREFIX + "*"))  # test-only
-    return {"scans": {str(r.id): (r.status, r.attempt) for r in rows}, "locks": locks_now, "results": results_now}
+    return {
+        "scans": {str(r.id): (r.status, r.attempt) for r in rows},
+        "locks": locks_now,
+        "results": results_now,
+    }
 
 
-@hsettings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), phases=[Phase.explicit, Phase.generate])
+@hsettings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+    phases=[Phase.explicit, Phase.generate],
+)
 @given(world=worlds())
-async def test_sweeps_never_touch_live_things_and_dry_run_equals_real_run(world, settings, engine, _redis_client):
+async def test_sweeps_never_touch_live_things_and_dry_run_equals_real_run(
+    world, settings, engine, _redis_client
+):
     redis = _redis_client
     await build(world, engine, redis)
 
     async def pods():
         return frozenset({LIVE_POD}) if world.k8s else None
 
-    ctx = SweepContext(redis, engine, settings.model_copy(update={"JANITOR_LOCK_GRACE": 30.0}), pods=pods, keep_all=True)
+    ctx = SweepContext(
+        redis,
+        engine,
+        settings.model_copy(update={"JANITOR_LOCK_GRACE": 30.0}),
+        pods=pods,
+        keep_all=True,
+    )
     before = await snapshot(engine, redis)
     dry = await sweeps.run(ctx, list(sweeps.SWEEPS), dry_run=True)
     assert await snapshot(engine, redis) == before, "a dry run changed something"
@@ -145,8 +191,10 @@ async def test_sweeps_never_touch_live_things_and_dry_run_equals_real_run(world,
 
     present = {s["id"]: s for s in world.scans if s["present"]}
     for tid, _ in world.results:
-        if tid.startswith("scan-") and tid[5:-2] in present or not tid.startswith("scan-"):
-            assert RESULT_PREFIX + tid in after["results"], f"deleted the result of a live row: {tid}"
+        if (tid.startswith("scan-") and tid[5:-2] in present) or not tid.startswith("scan-"):
+            assert RESULT_PREFIX + tid in after["results"], (
+                f"deleted the result of a live row: {tid}"
+            )
         else:
             assert RESULT_PREFIX + tid not in after["results"], f"orphan left: {tid}"
     for name, kind, hb in world.locks:
@@ -165,4 +213,3 @@ async def test_sweeps_never_touch_live_things_and_dry_run_equals_real_run(world,
 
     again = await sweeps.run(ctx, list(sweeps.SWEEPS), dry_run=False)
     assert sum(r.found for r in again) == 0, [r.as_dict() for r in again if r.found]
-

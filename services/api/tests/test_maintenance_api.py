@@ -43,7 +43,10 @@ async def test_status_and_tasks_show_orphans(api, clean_db, redis):
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["results"] == {
-        "total": 3, "by_state": {"SUCCESS": 2, "FAILURE": 1}, "without_ttl": 1, "orphaned": 1,
+        "total": 3,
+        "by_state": {"SUCCESS": 2, "FAILURE": 1},
+        "without_ttl": 1,
+        "orphaned": 1,
         "complete": True,
     }
     assert set(body["queues"]) >= {"counters", "scans", "maintenance", "unacked"}
@@ -67,20 +70,27 @@ async def test_dry_run_reports_and_changes_nothing(api, clean_db, redis):
     assert r.status_code == 422
 
 
-async def test_real_run_is_one_job_per_kind_on_the_maintenance_queue(api, settings, clean_db, redis):
+async def test_real_run_is_one_job_per_kind_on_the_maintenance_queue(
+    api, settings, clean_db, redis
+):
     _, gone = await seed(clean_db, redis)
     await redis.set(keys.lock("leaked"), json.dumps({"owner": "host:elsewhere:1:x", "ttl": 1}))
     r = await api.post("/api/v1/maintenance/cleanup/orphaned-tasks?dry_run=false", headers=ADMIN)
     assert r.status_code == 202, r.text
     job = r.json()
     assert job["status"] == "queued" and job["kind"] == "orphaned-tasks"
-    again = await api.post("/api/v1/maintenance/cleanup/orphaned-tasks?dry_run=false", headers=ADMIN)
+    again = await api.post(
+        "/api/v1/maintenance/cleanup/orphaned-tasks?dry_run=false", headers=ADMIN
+    )
     assert again.status_code == 409
     other = await api.post("/api/v1/maintenance/cleanup/locks?dry_run=false", headers=ADMIN)
     assert other.status_code == 202  # another kind may run beside it
     # the message is on the maintenance queue with the job's task id
     msgs = [json.loads(m)["headers"] for m in await redis.lrange("maintenance", 0, -1)]
-    assert {m["id"] for m in msgs} == {f"janitor-job-{job['id']}", f"janitor-job-{other.json()['id']}"}
+    assert {m["id"] for m in msgs} == {
+        f"janitor-job-{job['id']}",
+        f"janitor-job-{other.json()['id']}",
+    }
     assert {m["task"] for m in msgs} == {jobs.JOB_TASK}
     # what the maintenance worker's task runs
     ctx = SweepContext(redis, clean_db, settings)

@@ -93,7 +93,9 @@ def tasks(
 
     async def go() -> tuple[list[dict[str, Any]], int]:
         async with sweep_context(get_settings()) as ctx:
-            return await views.list_tasks(ctx, orphaned=orphaned, state=state, cursor=0, limit=limit)
+            return await views.list_tasks(
+                ctx, orphaned=orphaned, state=state, cursor=0, limit=limit
+            )
 
     items, cursor = _run(go())
     if as_json:
@@ -109,8 +111,13 @@ def _print_reports(reports: list[SweepReport]) -> None:
     table = Table("sweep", "examined", "found", "done", "by action", "skipped", "complete")
     for r in reports:
         table.add_row(
-            r.sweep, str(r.examined), str(r.found), str(r.done),
-            json.dumps(dict(r.by_action)), json.dumps(dict(r.skipped)), str(r.complete),
+            r.sweep,
+            str(r.examined),
+            str(r.found),
+            str(r.done),
+            json.dumps(dict(r.by_action)),
+            json.dumps(dict(r.skipped)),
+            str(r.complete),
         )
     console.print(table)
 

@@ -19,7 +19,9 @@ from celery_stack_core.sweeps.kube import pod_snapshot
 
 def task_sender(app: Celery) -> TaskSender:
     async def send(name: str, task_id: str) -> None:
-        await asyncio.to_thread(app.send_task, name, task_id=task_id, retry=False, ignore_result=True)
+        await asyncio.to_thread(
+            app.send_task, name, task_id=task_id, retry=False, ignore_result=True
+        )
 
     return send
 
@@ -38,7 +40,7 @@ async def sweep_context(settings: Settings, **overrides: object) -> AsyncIterato
             pods=pod_snapshot(settings),
             publish=outbox.celery_publisher(app),
             send_task=task_sender(app),
-            **overrides,  # type: ignore[arg-type]
+            **overrides,
         )
     finally:
         app.close()

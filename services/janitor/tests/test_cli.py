@@ -29,8 +29,13 @@ async def test_status_tasks_and_sweep(settings, clean_db, redis):
     dry = janitor(settings, "sweep", "--dry-run", "--only", "orphaned-results", "--json")
     assert dry.returncode == 0, dry.stderr
     real = janitor(settings, "sweep", "--only", "orphaned-results", "--json")
-    pick = lambda out: [{k: s[k] for k in ("found", "done", "by_action", "skipped", "actions")}
-                        for s in json.loads(out)["sweeps"]]
+
+    def pick(out):
+        return [
+            {k: s[k] for k in ("found", "done", "by_action", "skipped", "actions")}
+            for s in json.loads(out)["sweeps"]
+        ]
+
     assert pick(dry.stdout) == pick(real.stdout)
     assert pick(real.stdout)[0]["by_action"] == {"delete": 1}
     assert not await redis.exists(f"celery-task-meta-scan-{gone}-1")

@@ -36,8 +36,13 @@ async def queue_depths(ctx: SweepContext) -> dict[str, Any]:
     step = 1 + len(PRIORITY_STEPS)
     for i, q in enumerate(QUEUES):
         part = replies[i * step : (i + 1) * step]
-        out[q] = {"ready": int(sum(part)), "by_priority": {"0": part[0], **{
-            str(p): n for p, n in zip(PRIORITY_STEPS, part[1:], strict=True)}}}
+        out[q] = {
+            "ready": int(sum(part)),
+            "by_priority": {
+                "0": part[0],
+                **{str(p): n for p, n in zip(PRIORITY_STEPS, part[1:], strict=True)},
+            },
+        }
     out["unacked"] = int(replies[-1])
     return out
 
@@ -84,10 +89,15 @@ async def _describe(
         is_orphan = ref.row_id is not None and ref.row_id not in alive
         if (orphaned is not None and is_orphan != orphaned) or (state and st != state):
             continue
-        out.append({
-            "task_id": n[len(RESULT_PREFIX) :], "state": st, "ttl": replies[2 * i + 1],
-            "row": ref.kind, "orphaned": is_orphan,
-        })
+        out.append(
+            {
+                "task_id": n[len(RESULT_PREFIX) :],
+                "state": st,
+                "ttl": replies[2 * i + 1],
+                "row": ref.kind,
+                "orphaned": is_orphan,
+            }
+        )
     return out
 
 
@@ -106,8 +116,13 @@ async def result_summary(ctx: SweepContext) -> dict[str, Any]:
             orphans += item["orphaned"]
         if cursor == 0 or total >= ctx.settings.JANITOR_MAX_KEYS or ctx.out_of_time():
             break
-    return {"total": total, "by_state": dict(by_state), "without_ttl": no_ttl,
-            "orphaned": orphans, "complete": cursor == 0}
+    return {
+        "total": total,
+        "by_state": dict(by_state),
+        "without_ttl": no_ttl,
+        "orphaned": orphans,
+        "complete": cursor == 0,
+    }
 
 
 async def status(ctx: SweepContext) -> dict[str, Any]:
@@ -122,8 +137,9 @@ async def status(ctx: SweepContext) -> dict[str, Any]:
         ages[counters.shard_name(key)] = round((now_ms - int(since)) / 1000, 1) if since else None
     backlog, oldest = await core_outbox.backlog(ctx.engine)
     async with ctx.engine.connect() as conn:
-        running = (await conn.execute(
-            select(func.count()).where(Scan.__table__.c.status == "running"))).scalar_one()
+        running = (
+            await conn.execute(select(func.count()).where(Scan.__table__.c.status == "running"))
+        ).scalar_one()
     return {
         "redis": {
             "used_memory": info.get("used_memory"),

@@ -32,10 +32,22 @@ from celery_stack_core.sweeps.taskids import job_task_id
 log = logging.getLogger(__name__)
 JOB_TASK = "maintenance.janitor_job"
 jobs = MaintenanceJob.__table__
-COLUMNS = [jobs.c[n] for n in (
-    "id", "kind", "status", "requested_by", "progress", "report", "error", "created_at",
-    "started_at", "heartbeat_at", "finished_at",
-)]
+COLUMNS = [
+    jobs.c[n]
+    for n in (
+        "id",
+        "kind",
+        "status",
+        "requested_by",
+        "progress",
+        "report",
+        "error",
+        "created_at",
+        "started_at",
+        "heartbeat_at",
+        "finished_at",
+    )
+]
 
 
 class JobConflict(RuntimeError):
@@ -53,10 +65,14 @@ def _dump(row: Any) -> dict[str, Any]:
 async def _expire_abandoned(engine: AsyncEngine, settings: Settings, kind: str) -> None:
     now = func.now()
     dead = or_(
-        and_(jobs.c.status == "running",
-             jobs.c.heartbeat_at < now - timedelta(seconds=settings.MAINTENANCE_TIME_LIMIT)),
-        and_(jobs.c.status == "queued",
-             jobs.c.created_at < now - timedelta(seconds=settings.CELERY_VISIBILITY_TIMEOUT)),
+        and_(
+            jobs.c.status == "running",
+            jobs.c.heartbeat_at < now - timedelta(seconds=settings.MAINTENANCE_TIME_LIMIT),
+        ),
+        and_(
+            jobs.c.status == "queued",
+            jobs.c.created_at < now - timedelta(seconds=settings.CELERY_VISIBILITY_TIMEOUT),
+        ),
     )
     async with engine.begin() as conn:
         res = await conn.execute(
@@ -81,8 +97,12 @@ async def create(
             row = (
                 await conn.execute(
                     insert(jobs)
-                    .values(id=job_id, kind=kind, requested_by=requested_by,
-                            progress={"sweeps": list(KINDS[kind]), "finished": []})
+                    .values(
+                        id=job_id,
+                        kind=kind,
+                        requested_by=requested_by,
+                        progress={"sweeps": list(KINDS[kind]), "finished": []},
+                    )
                     .returning(*COLUMNS)
                 )
             ).one()
@@ -130,9 +150,10 @@ async def execute(ctx: SweepContext, job_id: uuid.UUID) -> str:
             await conn.execute(
                 update(jobs)
                 .where(jobs.c.id == job_id)
-                .values(heartbeat_at=func.now(),
-                        progress={**row.progress, "finished": [r.sweep for r in done],
-                                  **totals(done)})
+                .values(
+                    heartbeat_at=func.now(),
+                    progress={**row.progress, "finished": [r.sweep for r in done], **totals(done)},
+                )
             )
 
     try:

@@ -125,16 +125,16 @@ async def _drop_owners(
     script = ctx.redis.register_script(lua(__file__, "drop_owner"))
     for owner in sorted(owners):
         v = judge(
-            parse_owner(owner), silence=quiet[owner], grace=ctx.settings.JANITOR_LOCK_GRACE,
+            parse_owner(owner),
+            silence=quiet[owner],
+            grace=ctx.settings.JANITOR_LOCK_GRACE,
             pods=pods,
         )
         if not v.gone:
             continue
         action = Action("drop_owner", keys.owner_locks(owner), (("reason", v.reason),))
         rec.found(action)
-        if rec.dry_run:
-            rec.done(action)
-        elif await script(
+        if rec.dry_run or await script(
             keys=[keys.owner_locks(owner), keys.owner_heartbeat(owner)],
             args=[f'"owner":{json.dumps(owner)}'],
         ):

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import ColumnElement, Table, delete, func, select
 from sqlalchemy.sql import Select
@@ -28,27 +29,37 @@ from celery_stack_core.sweeps.counters import current_batches
 
 NAME = "retention"
 findings, outbox, scans, ledger = (
-    Finding.__table__, Outbox.__table__, Scan.__table__, CounterBatch.__table__,
+    Finding.__table__,
+    Outbox.__table__,
+    Scan.__table__,
+    CounterBatch.__table__,
 )
 
 
-def _ago(days: float) -> ColumnElement[object]:
+def _ago(days: float) -> ColumnElement[datetime]:
     return func.now() - timedelta(days=days)
 
 
-def _parts(ctx: SweepContext, live_batches: list[uuid.UUID]) -> dict[str, tuple[Table, Select]]:
+def _parts(
+    ctx: SweepContext, live_batches: list[uuid.UUID]
+) -> dict[str, tuple[Table, Select[Any]]]:
     """part -> (table, SELECT of the key column of eligible rows, unbounded)."""
     s = ctx.settings
     old_finished = select(scans.c.id).where(
         scans.c.status.in_(TERMINAL_STATUSES),
         scans.c.finished_at < _ago(s.RETENTION_FINDINGS_DAYS),
     )
-    ledger_old = select(ledger.c.batch_id).where(ledger.c.applied_at < _ago(s.RETENTION_LEDGER_DAYS))
+    ledger_old = select(ledger.c.batch_id).where(
+        ledger.c.applied_at < _ago(s.RETENTION_LEDGER_DAYS)
+    )
     if live_batches:
         ledger_old = ledger_old.where(ledger.c.batch_id.not_in(live_batches))
     return {
         "findings": (findings, select(findings.c.id).where(findings.c.scan_id.in_(old_finished))),
-        "outbox": (outbox, select(outbox.c.id).where(outbox.c.sent_at < _ago(s.RETENTION_OUTBOX_DAYS))),
+        "outbox": (
+            outbox,
+            select(outbox.c.id).where(outbox.c.sent_at < _ago(s.RETENTION_OUTBOX_DAYS)),
+        ),
         "dead-scans": (
             scans,
             select(scans.c.id).where(
@@ -59,18 +70,22 @@ def _parts(ctx: SweepContext, live_batches: list[uuid.UUID]) -> dict[str, tuple[
     }
 
 
-async def _count(ctx: SweepContext, eligible: Select, bound: int) -> int:
+async def _count(ctx: SweepContext, eligible: Select[Any], bound: int) -> int:
     async with ctx.engine.connect() as conn:
         sub = eligible.limit(bound).subquery()
         return int((await conn.execute(select(func.count()).select_from(sub))).scalar_one())
 
 
-async def _purge(ctx: SweepContext, table: Table, eligible: Select, on_batch: Callable[[int], None]) -> None:
+async def _purge(
+    ctx: SweepContext, table: Table, eligible: Select[Any], on_batch: Callable[[int], None]
+) -> None:
     key = next(iter(table.primary_key.columns))
     size = ctx.settings.JANITOR_BATCH_SIZE
     for _ in range(ctx.settings.JANITOR_MAX_BATCHES):
         async with ctx.engine.begin() as conn:
-            res = await conn.execute(delete(table).where(key.in_(eligible.limit(size).scalar_subquery())))
+            res = await conn.execute(
+                delete(table).where(key.in_(eligible.limit(size).scalar_subquery()))
+            )
         n = int(res.rowcount or 0)
         if n:
             on_batch(n)

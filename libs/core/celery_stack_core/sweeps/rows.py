@@ -13,8 +13,8 @@ from celery_stack_core.models import MaintenanceJob, Scan
 from celery_stack_core.sweeps.taskids import TaskRef
 
 TABLES: dict[str, Table] = {
-    "scan": Scan.__table__,  # type: ignore[dict-item]
-    "job": MaintenanceJob.__table__,  # type: ignore[dict-item]
+    "scan": Scan.__table__,
+    "job": MaintenanceJob.__table__,
 }
 _IDS = bindparam("ids", type_=ARRAY(UUID(as_uuid=True)))
 

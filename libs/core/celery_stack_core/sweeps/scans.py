@@ -1,6 +1,7 @@
-"""Stuck scans: `running` with a heartbeat older than SCAN_HEARTBEAT_STALE + JANITOR_STUCK_SCAN_GRACE
-and a worker that is gone (owners.judge). Typical cause: the whole worker was killed, so its
-unacked message waits for the broker's visibility timeout (an hour) before anyone sees it again.
+"""Stuck scans: `running` with a heartbeat older than SCAN_HEARTBEAT_STALE plus
+JANITOR_STUCK_SCAN_GRACE and a worker that is gone (owners.judge). Typical cause: the whole
+worker was killed, so its unacked message waits for the broker's visibility timeout (an hour)
+before anyone sees it again.
 
 A stuck scan is requeued as a new attempt through the outbox (attempt + 1, same row, new task id
 `scan-<id>-<attempt+1>`), or marked `dead` once its deliveries reached SCAN_MAX_DELIVERIES: the
@@ -39,12 +40,18 @@ class Running:
     silence: float
 
 
-async def running_scans(ctx: SweepContext, *, stale_after: float, worker_like: str = "") -> list[Running]:
+async def running_scans(
+    ctx: SweepContext, *, stale_after: float, worker_like: str = ""
+) -> list[Running]:
     silence = func.extract("epoch", func.now() - scans.c.heartbeat_at)
     stmt = (
         select(
-            scans.c.id, scans.c.attempt, scans.c.deliveries, scans.c.worker,
-            scans.c.heartbeat_at, silence.label("silence"),
+            scans.c.id,
+            scans.c.attempt,
+            scans.c.deliveries,
+            scans.c.worker,
+            scans.c.heartbeat_at,
+            silence.label("silence"),
         )
         .where(scans.c.status == "running")
         .order_by(scans.c.heartbeat_at.asc().nulls_first())
@@ -59,7 +66,11 @@ async def running_scans(ctx: SweepContext, *, stale_after: float, worker_like: s
         rows = (await conn.execute(stmt)).all()
     return [
         Running(
-            r.id, r.attempt, r.deliveries, r.worker, r.heartbeat_at,
+            r.id,
+            r.attempt,
+            r.deliveries,
+            r.worker,
+            r.heartbeat_at,
             math.inf if r.silence is None else float(r.silence),
         )
         for r in rows
@@ -83,6 +94,7 @@ async def apply(ctx: SweepContext, rec: Recorder, scan: Running, action: Action)
         scans.c.worker.is_not_distinct_from(scan.worker),
         scans.c.heartbeat_at.is_not_distinct_from(scan.heartbeat_at),
     )
+    values: dict[str, object]
     if action.action == "dead":
         values = {
             "status": "dead",
@@ -93,12 +105,17 @@ async def apply(ctx: SweepContext, rec: Recorder, scan: Running, action: Action)
         }
     else:
         values = {
-            "status": "queued", "attempt": scan.attempt + 1, "worker": None,
-            "heartbeat_at": None, "queued_at": func.now(),
+            "status": "queued",
+            "attempt": scan.attempt + 1,
+            "worker": None,
+            "heartbeat_at": None,
+            "queued_at": func.now(),
         }
     msg = None
     async with ctx.engine.begin() as conn:
-        changed = await conn.execute(update(scans).where(same).values(**values).returning(scans.c.id))
+        changed = await conn.execute(
+            update(scans).where(same).values(**values).returning(scans.c.id)
+        )
         if changed.first() is None:
             rec.skip("changed", action.target)
             return

@@ -45,8 +45,14 @@ async def _publish(ctx: SweepContext, rec: Recorder, actions: dict[int, Action])
         rec.skip("no_producer", n=len(actions))
         return
     lock = (
-        select(rows.c.id, rows.c.task_name, rows.c.task_id, rows.c.args, rows.c.kwargs,
-               rows.c.trace_context)
+        select(
+            rows.c.id,
+            rows.c.task_name,
+            rows.c.task_id,
+            rows.c.args,
+            rows.c.kwargs,
+            rows.c.trace_context,
+        )
         .where(rows.c.id.in_(list(actions)), rows.c.sent_at.is_(None))
         .with_for_update(skip_locked=True)
     )
@@ -54,7 +60,11 @@ async def _publish(ctx: SweepContext, rec: Recorder, actions: dict[int, Action])
         sent: list[int] = []
         for row in (await conn.execute(lock)).all():
             msg = outbox.OutboxMessage(
-                row.id, row.task_name, row.task_id, list(row.args), dict(row.kwargs),
+                row.id,
+                row.task_name,
+                row.task_id,
+                list(row.args),
+                dict(row.kwargs),
                 dict(row.trace_context),
             )
             await ctx.publish(msg)

@@ -37,8 +37,12 @@ assert set(Kind.__args__) == set(sweeps.KINDS)  # type: ignore[attr-defined]
 def _context(state: AppState, *, deadline: float | None = None) -> SweepContext:
     publish = outbox.celery_publisher(state.celery) if state.celery is not None else None
     return SweepContext(
-        state.redis, state.engine, state.settings, pods=pod_snapshot(state.settings),
-        publish=publish, deadline=deadline,
+        state.redis,
+        state.engine,
+        state.settings,
+        pods=pod_snapshot(state.settings),
+        publish=publish,
+        deadline=deadline,
     )
 
 
