@@ -36,6 +36,7 @@ ENTRYPOINTS = {
     "celery-stack-worker-maintenance",
     "celery-stack-beat",
     "celery-stack-migrate",
+    "celery-stack-janitor",
     "python",  # the chart's own scripts (files/*.py) run by the image's Python
 }
 
@@ -406,8 +407,12 @@ class TestBeat:
         assert binding["subjects"] == [
             {"kind": "ServiceAccount", "name": f"{FULL}-beat", "namespace": "celery-stack"}
         ]
-        # the only Role/Binding of the chart, and nothing cluster-wide
-        assert len(by_kind(docs, "Role")) == 1
+        # beat's and the janitor's (pods get/list, tests/chart/test_janitor.py) are the chart's
+        # only Roles, and nothing is cluster-wide
+        assert sorted(r["metadata"]["name"] for r in by_kind(docs, "Role")) == [
+            f"{FULL}-beat",
+            f"{FULL}-janitor",
+        ]
         assert not by_kind(docs, "ClusterRole") and not by_kind(docs, "ClusterRoleBinding")
         env = env_of(container(one(docs, "Deployment", f"{FULL}-beat"), "beat"))
         assert env["BEAT_LEASE_NAME"] == "my-beat"
@@ -415,7 +420,8 @@ class TestBeat:
     def test_only_beat_mounts_a_service_account_token(self):
         docs = render_chart(FLOWER_ON)
         for name, spec in pod_specs(docs):
-            expected = name == f"Deployment/{FULL}-beat"
+            # beat (its Lease) and the janitor CronJob (lists pods to judge lock owners)
+            expected = name in (f"Deployment/{FULL}-beat", f"CronJob/{FULL}-janitor")
             assert spec["automountServiceAccountToken"] is expected, name
         assert (
             one(docs, "Deployment", f"{FULL}-beat")["spec"]["template"]["spec"][
@@ -653,8 +659,14 @@ class TestNetworkPolicy:
         assert [p["port"] for p in beat["spec"]["egress"][0]["ports"]] == [443, 6443]
         # no kubeAPIServerCIDRs: those ports to any address (the documented default)
         assert "to" not in beat["spec"]["egress"][0]
+        # the janitor's pods too (pods list; the operator's watches), selected by component
+        janitor = pols[f"{FULL}-janitor"]
+        assert janitor["spec"]["podSelector"]["matchExpressions"][1]["values"] == [
+            "janitor",
+            "janitor-operator",
+        ]
         for name, pol in pols.items():
-            if name != f"{FULL}-beat":
+            if name not in (f"{FULL}-beat", f"{FULL}-janitor"):
                 ports = jmespath.search("spec.egress[].ports[].port", pol) or []
                 assert 6443 not in ports, name
 
