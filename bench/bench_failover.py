@@ -184,10 +184,10 @@ def _naive(env: BenchEnv) -> dict[str, float]:
 
 def run(env: BenchEnv) -> dict[str, float]:
     settings = env.settings()
-    lease = settings.BEAT_LEASE_DURATION
+    lease = settings.beat.lease_duration
     print(
-        f"ours: lease {lease:g} s / renew deadline {settings.BEAT_RENEW_DEADLINE:g} s / "
-        f"retry {settings.BEAT_RETRY_PERIOD:g} s / tick {settings.BEAT_TICK:g} s; "
+        f"ours: lease {lease:g} s / renew deadline {settings.beat.renew_deadline:g} s / "
+        f"retry {settings.beat.retry_period:g} s / tick {settings.beat.tick:g} s; "
         f"{KILL9_TRIALS} kill -9 and {SIGTERM_TRIALS} SIGTERM trials",
         flush=True,
     )

@@ -142,7 +142,7 @@ async def _run(env: BenchEnv) -> dict[str, float]:
     from celery_stack_core.redis_client import make_async_redis
 
     settings = env.settings()
-    shards = settings.COUNTER_SHARDS
+    shards = settings.counters.shards
     engine = make_engine(settings)
     redis = make_async_redis(settings)
     rng = random.Random(42)

@@ -94,7 +94,7 @@ async def _ours(env: BenchEnv, engine: AsyncEngine) -> dict[str, float]:
     worker = _start_ours_worker(env)
     redis = make_async_redis(settings)
     beat = make_celery(settings, "bench-beat")
-    shards = settings.COUNTER_SHARDS
+    shards = settings.counters.shards
     try:
         # Warm-up: the worker is up and applies a view (not timed).
         await _zero(engine)
@@ -114,7 +114,7 @@ async def _ours(env: BenchEnv, engine: AsyncEngine) -> dict[str, float]:
         async def beat_loop() -> None:
             while not stop.is_set():
                 beat.send_task("counters.flush")
-                await asyncio.sleep(settings.COUNTER_FLUSH_INTERVAL)
+                await asyncio.sleep(settings.counters.flush_interval)
 
         async def sender(part: list[int]) -> None:
             for target_id in part:

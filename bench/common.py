@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import math
 import os
 import secrets
@@ -63,11 +62,7 @@ class BenchEnv:
     def child_env(self, **overrides: Any) -> dict[str, str]:
         """Environment that makes a child process (a console script of the venv) use `settings`."""
         out = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "PROMETHEUS"))}
-        for key, value in self.settings(**overrides).model_dump(mode="json").items():
-            if key == "API_TOKENS":
-                out[key] = json.dumps(value)
-            elif value is not None and value != "":
-                out[key] = str(value)
+        out.update(self.settings(**overrides).env())
         return out
 
     def bin(self, name: str) -> str:

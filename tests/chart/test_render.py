@@ -84,7 +84,9 @@ class TestWorkers:
             f"{FULL}-worker-{q}" for q in QUEUES
         )
 
-    def test_adding_a_queue_is_values_only(self):
+    def test_adding_a_queue_renders_from_values(self):
+        # The chart side of a new queue (its registry entry in libs/core queues.py is the other
+        # half: libs/core/tests/test_queue_added.py).
         values = {
             "queues": {
                 "reports": {
@@ -98,11 +100,10 @@ class TestWorkers:
         d = worker(docs, "reports")
         cmd = container(d, "worker")["command"]
         assert cmd[0] == "celery-stack-worker-maintenance"
-        assert arg_after(cmd, "-Q") == "reports"
-        assert arg_after(cmd, "--time-limit") == "90"
         assert arg_after(cmd, "--concurrency") == "2"  # from queueDefaults
         assert d["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 90 + 30
-        assert config(docs)["REPORTS_TIME_LIMIT"] == "90"
+        cfg = config(docs)
+        assert (cfg["REPORTS_TIME_LIMIT"], cfg["REPORTS_QUEUES"]) == ("90", "reports")
         assert one(docs, "PodDisruptionBudget", f"{FULL}-worker-reports")
 
     def test_new_queue_inherits_defaults_but_refuses_bad_limits(self):
@@ -139,18 +140,23 @@ class TestWorkers:
         )
         cmd = container(worker(docs, "scans"), "worker")["command"]
         assert cmd[0] == "celery-stack-worker-scans"
-        assert arg_after(cmd, "-Q") == "scans,scans-priority"
         assert arg_after(cmd, "--concurrency") == "7"
-        assert arg_after(cmd, "--prefetch-multiplier") == "2"
         assert arg_after(cmd, "--max-tasks-per-child") == "11"
         assert arg_after(cmd, "--max-memory-per-child") == "123456"
-        assert arg_after(cmd, "--soft-time-limit") == "100"
-        assert arg_after(cmd, "--time-limit") == "120"
         assert arg_after(cmd, "--pool") == "threads"
         assert cmd[-1] == "--without-gossip"
+        # One source: -Q, prefetch and time limits reach the worker through the ConfigMap only
+        # (the entrypoint builds its argv from them and refuses them as arguments).
+        for flag in ("-Q", "--prefetch-multiplier", "--soft-time-limit", "--time-limit"):
+            assert flag not in cmd
         cfg = config(docs)
         assert (cfg["SCANS_SOFT_TIME_LIMIT"], cfg["SCANS_TIME_LIMIT"]) == ("100", "120")
-        assert cfg["SCANS_PREFETCH"] == "2"
+        assert (cfg["SCANS_PREFETCH"], cfg["SCANS_QUEUES"]) == ("2", "scans,scans-priority")
+
+    @pytest.mark.parametrize("arg", ["-Q", "--prefetch-multiplier=4", "--time-limit", "-l"])
+    def test_extra_args_cannot_override_the_queue_settings(self, arg):
+        err = render_error({"queues": {"scans": {"extraArgs": [arg, "9"]}}})
+        assert f"queues.scans.extraArgs: {arg} is set by the queue's own keys" in err
 
     def test_zero_child_limits_leave_the_flags_out(self):
         docs = render_chart(
@@ -164,8 +170,7 @@ class TestWorkers:
     def test_grace_covers_the_hard_limit_plus_margin(self, queue):
         docs = render_chart()
         spec = worker(docs, queue)["spec"]["template"]["spec"]
-        cmd = container(worker(docs, queue), "worker")["command"]
-        hard = int(arg_after(cmd, "--time-limit"))
+        hard = int(config(docs)[f"{queue.upper()}_TIME_LIMIT"])
         assert spec["terminationGracePeriodSeconds"] >= hard + 10
         assert spec["terminationGracePeriodSeconds"] > float(
             config(docs)["CELERY_SOFT_SHUTDOWN_TIMEOUT"]

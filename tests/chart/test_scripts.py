@@ -154,7 +154,7 @@ class TestWorkerLifecycle:
 class TestWaitForMigrations:
     def test_blocks_until_the_migrations_job_ran(self, settings):
         name = f"cs_wait_{secrets.token_hex(4)}"
-        admin = settings.DATABASE_URL.replace("+asyncpg", "")
+        admin = settings.stores.database_url.replace("+asyncpg", "")
 
         async def create() -> None:
             conn = await asyncpg.connect(admin)
@@ -162,7 +162,7 @@ class TestWaitForMigrations:
             await conn.close()
 
         asyncio.run(create())
-        url = settings.DATABASE_URL.rsplit("/", 1)[0] + f"/{name}"
+        url = settings.stores.database_url.rsplit("/", 1)[0] + f"/{name}"
         env = {**os.environ, **env_for(settings), "DATABASE_URL": url}
         env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
         waiting = subprocess.Popen(

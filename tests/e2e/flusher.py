@@ -41,7 +41,7 @@ async def main() -> None:
             await flush_all(
                 redis,
                 engine,
-                shards=settings.COUNTER_SHARDS,
+                shards=settings.counters.shards,
                 owner=f"flusher-{os.getpid()}",
                 lease_ttl=1.0,
                 hook=hook,
@@ -53,7 +53,7 @@ async def main() -> None:
         if args.drain:
             pending = [
                 sk
-                for sk in all_shards(settings.COUNTER_SHARDS)
+                for sk in all_shards(settings.counters.shards)
                 if await redis.exists(sk.live, sk.inflight)
             ]
             if not pending:

@@ -87,7 +87,7 @@ class Beats:
         self.start_service = start_service
         self.tmp = tmp_path
         (tmp_path / "beat_probe_schedule.py").write_text(SCHEDULE)
-        self.redis = sync_redis.Redis.from_url(settings.REDIS_URL, decode_responses=True)
+        self.redis = sync_redis.Redis.from_url(settings.stores.redis_url, decode_responses=True)
         self.broker = Broker(self.redis)
         self.all: list = []
 
@@ -114,7 +114,7 @@ class Beats:
             if raw:
                 rec = json.loads(raw)
                 for svc in self.alive():
-                    if f"_pid{svc.proc.pid}_" in rec["holder"]:
+                    if f":{svc.proc.pid}:" in rec["holder"]:
                         return svc, int(rec["epoch"])
             time.sleep(0.05)
         raise AssertionError("no leader\n" + self.logs())
@@ -248,7 +248,7 @@ def test_sigterm_hands_over_within_seconds(beats) -> None:
     assert old.proc.wait(40) == 0
     assert "released leadership on shutdown" in old.output()
     lease = beats.redis.get(keys.BEAT_LEASE)  # deleted on release (or already the successor's)
-    assert lease is None or f"_pid{old.proc.pid}_" not in lease
+    assert lease is None or f":{old.proc.pid}:" not in lease
     after = beats.broker.wait_for(lambda s: any(x.epoch > epoch for x in s), 15, "handover")
     first = min(x.seen_at for x in after if x.epoch > epoch)
     assert first - t0 <= 5.0, first - t0
@@ -321,7 +321,7 @@ def test_status_endpoint_cli_and_liveness(beats, free_tcp_port, tmp_path) -> Non
     roles = sorted(v["role"] for v in views.values())
     assert roles == ["leader", "standby"]
     holders = {v["leader"]["holder"] for v in views.values()}
-    assert len(holders) == 1 and f"_pid{leader.proc.pid}_" in holders.pop()
+    assert len(holders) == 1 and f":{leader.proc.pid}:" in holders.pop()
     lead_port = ports[0] if leader is a else ports[1]
     assert views[lead_port]["may_send"] is True and views[lead_port]["epoch"] == epoch
     assert get(lead_port, "/healthz").status_code == 200

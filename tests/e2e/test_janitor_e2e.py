@@ -79,13 +79,11 @@ async def test_kill9_lease_and_scan_released_after_grace_and_finished_once(
     w1.proc.wait(10)
     killed_at = time.monotonic()
 
-    s = settings.model_copy(
-        update={
-            "JANITOR_LOCK_GRACE": 3.0,
-            "SCAN_HEARTBEAT_INTERVAL": 0.5,
-            "SCAN_HEARTBEAT_STALE": 3.0,
-            "JANITOR_STUCK_SCAN_GRACE": 1.0,
-        }
+    s = settings.replace(
+        JANITOR_LOCK_GRACE=3.0,
+        SCAN_HEARTBEAT_INTERVAL=0.5,
+        SCAN_HEARTBEAT_STALE=3.0,
+        JANITOR_STUCK_SCAN_GRACE=1.0,
     )
     app = outbox.fail_fast(make_celery(s, "janitor_test"))
     ctx = SweepContext(redis, clean_db, s, publish=outbox.celery_publisher(app))

@@ -129,7 +129,7 @@ class RelayTicker:
     """Stands in for beat: sends maintenance.outbox_relay every `every` seconds."""
 
     def __init__(self, settings, every=1.0, redis_url=None):
-        s = settings.model_copy(update={"REDIS_URL": redis_url or settings.REDIS_URL})
+        s = settings.replace(REDIS_URL=redis_url or settings.stores.redis_url)
         self.app = make_celery(s)
         self.every = every
         self.stop = threading.Event()

@@ -92,7 +92,9 @@ Call with (dict "root" $ "name" "counters"); returns YAML. */}}
 {{- end -}}
 
 {{/* ---------------------------------------------------------------- config
-Non-secret settings shared by every service (libs/core config.py variable names). */}}
+Non-secret settings shared by every service (libs/core config.py variable names). The per-queue
+variables are the only source of a worker's -Q, prefetch and time limits (queue registry,
+libs/core queues.py). */}}
 {{- define "celery-stack.configData" -}}
 ENVIRONMENT: {{ .Values.environment | quote }}
 LOG_LEVEL: {{ .Values.logLevel | quote }}
@@ -111,6 +113,7 @@ BEAT_TICK: {{ .Values.beat.tick | quote }}
 {{ $p }}_SOFT_TIME_LIMIT: {{ $q.softTimeLimit | quote }}
 {{ $p }}_TIME_LIMIT: {{ $q.timeLimit | quote }}
 {{ $p }}_PREFETCH: {{ $q.prefetchMultiplier | quote }}
+{{ $p }}_QUEUES: {{ join "," $q.queues | quote }}
 {{- end }}
 {{- end -}}
 

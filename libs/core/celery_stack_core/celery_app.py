@@ -1,7 +1,8 @@
 """The Celery app factory: one configuration for every service (DESIGN "Operating contract").
 
 Tasks are routed by the prefix of their name (`counters.flush` -> queue `counters`), so a
-producer needs only the name, never the code: the API and beat `send_task` by name.
+producer needs only the name, never the code: the API and beat `send_task` by name. The queues,
+their prefixes and time limits come from the queue registry (queues.py) and its settings.
 """
 
 from __future__ import annotations
@@ -11,20 +12,22 @@ from typing import Any
 from celery import Celery
 from kombu.entity import Queue as KombuQueue
 
-from celery_stack_core.config import QUEUES, Queue, Settings
+from celery_stack_core.config import Settings
+from celery_stack_core.queues import QUEUES
 
 
 class UnroutedTask(ValueError):
     pass
 
 
-def queue_of(task_name: str) -> Queue:
+def queue_of(task_name: str) -> str:
     prefix = task_name.split(".", 1)[0]
-    for queue in QUEUES:
-        if prefix == queue:
-            return queue
+    if prefix in QUEUES:
+        return prefix
     # A message for a queue nobody consumes is a silent loss: refuse it at the producer.
-    raise UnroutedTask(f"task {task_name!r} has no queue: its name must start with one of {QUEUES}")
+    raise UnroutedTask(
+        f"task {task_name!r} has no queue: its name must start with one of {sorted(QUEUES)}"
+    )
 
 
 def route(
@@ -34,7 +37,7 @@ def route(
 
 
 class QueueLimits:
-    """Celery annotation: soft and hard time limits per queue, from settings."""
+    """Celery annotation: soft and hard time limits per queue, from the queue's settings."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -44,10 +47,8 @@ class QueueLimits:
             queue = queue_of(task.name)
         except UnroutedTask:
             return None  # celery's own tasks (celery.chord_unlock, ...)
-        return {
-            "soft_time_limit": self.settings.soft_time_limit(queue),
-            "time_limit": self.settings.time_limit(queue),
-        }
+        limits = self.settings.queue(queue)
+        return {"soft_time_limit": limits.soft_time_limit, "time_limit": limits.time_limit}
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -62,16 +63,17 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "enable_utc": True,
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
+        # The default for other apps; our workers get their queue's prefetch (worker_argv).
         "worker_prefetch_multiplier": 1,
         "task_queues": [KombuQueue(q, routing_key=q) for q in QUEUES],
         "task_routes": (route,),
         "task_annotations": (QueueLimits(settings),),
         # Nobody reads most results: tasks that need one opt in with ignore_result=False.
         "task_ignore_result": True,
-        "result_expires": settings.CELERY_RESULT_EXPIRES,
+        "result_expires": settings.celery.result_expires,
         "result_backend_transport_options": {"global_keyprefix": ""},
         "broker_transport_options": {
-            "visibility_timeout": settings.CELERY_VISIBILITY_TIMEOUT,
+            "visibility_timeout": settings.celery.visibility_timeout,
             "socket_timeout": 5,
             "socket_connect_timeout": 5,
             # Look for messages of dead workers (unacked past visibility_timeout) every 10 s;
@@ -85,7 +87,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_connection_retry_on_startup": True,
         "broker_connection_max_retries": None,
         "worker_cancel_long_running_tasks_on_connection_loss": True,
-        "worker_soft_shutdown_timeout": settings.CELERY_SOFT_SHUTDOWN_TIMEOUT,
+        "worker_soft_shutdown_timeout": settings.celery.soft_shutdown_timeout,
         "worker_enable_soft_shutdown_on_idle": True,
         "worker_hijack_root_logger": False,
         # Task events for celery-exporter's generic metrics.

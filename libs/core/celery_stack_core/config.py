@@ -1,5 +1,10 @@
 """Settings from the environment, one variable per knob (docs/configuration.md lists them all).
 
+Settings are grouped (`settings.counters.shards`, `settings.beat.tick`, ...); every field keeps
+its environment variable as its alias (`COUNTER_SHARDS`), so deployments do not change. Tests
+build `Settings(COUNTER_SHARDS=4, ...)` with the variable names and `settings.replace(...)`.
+Per-queue settings (`<QUEUE>_TIME_LIMIT`, ...) come from the queue registry (queues.py).
+
 Defaults run locally against `make run`'s servers; production sets URLs through Secrets.
 """
 
@@ -8,15 +13,15 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from typing import Annotated, Literal
+import os
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-Queue = Literal["counters", "scans", "maintenance"]
-QUEUES: tuple[Queue, ...] = ("counters", "scans", "maintenance")
+from celery_stack_core.queues import QUEUES, QueueSpec
 
-# Development tokens, accepted only when ENVIRONMENT=local or test (see _refuse_dev_tokens).
+# Development tokens, accepted only when ENVIRONMENT=local or test (see Settings._check_tokens).
 DEV_USER_TOKEN = "dev-user-token"  # noqa: S105 - documented local-only credential
 DEV_ADMIN_TOKEN = "dev-admin-token"  # noqa: S105
 
@@ -41,180 +46,274 @@ def _dev_tokens() -> list[TokenSpec]:
     ]
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_ignore_empty=True, extra="ignore")
+def _json_or_empty(value: object, empty: object) -> object:
+    if isinstance(value, str):
+        return json.loads(value) if value.strip() else empty
+    return value
 
-    # --- deployment ---------------------------------------------------------------------------
+
+class _Group(BaseSettings):
+    """A group of settings; each field's `validation_alias` is its environment variable."""
+
+    model_config = SettingsConfigDict(env_ignore_empty=True, extra="ignore", populate_by_name=True)
+
+
+class DeploySettings(_Group):
+    """deployment"""
+
     # local and test accept the development tokens; production refuses them and requires
     # API_TOKENS.
-    ENVIRONMENT: Literal["local", "test", "production"] = "local"
-
+    environment: Literal["local", "test", "production"] = Field(
+        default="local", validation_alias="ENVIRONMENT"
+    )
     # Reported to PostgreSQL as application_name.
-    SERVICE_NAME: str = "celery-stack"
-
+    service_name: str = Field(default="celery-stack", validation_alias="SERVICE_NAME")
     # Python log level of every service (logs are JSON lines on stdout).
-    LOG_LEVEL: str = "INFO"
-
+    log_level: str = Field(default="INFO", validation_alias="LOG_LEVEL")
     # Identity of this process for lock owner records and beat's Lease holder: pod name and
     # UID via the Downward API on Kubernetes; host+pid+boot id locally when empty.
-    POD_NAME: str = ""
-    POD_UID: str = ""
+    pod_name: str = Field(default="", validation_alias="POD_NAME")
+    pod_uid: str = Field(default="", validation_alias="POD_UID")
 
-    # --- stores -------------------------------------------------------------------------------
+
+class StoreSettings(_Group):
+    """stores"""
+
     # PostgreSQL, SQLAlchemy URL with the asyncpg driver. A Secret in production.
-    DATABASE_URL: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/celery_stack"
-
+    database_url: str = Field(
+        default="postgresql+asyncpg://postgres@127.0.0.1:5432/celery_stack",
+        validation_alias="DATABASE_URL",
+    )
     # Connections per process in the SQLAlchemy pool (plus 2 overflow).
-    DATABASE_POOL_SIZE: int = Field(default=5, ge=1, le=100)
-
+    database_pool_size: int = Field(default=5, ge=1, le=100, validation_alias="DATABASE_POOL_SIZE")
     # Redis for counters, leases and beat; needs AOF (docs/loss-bounds.md).
-    REDIS_URL: str = "redis://127.0.0.1:6379/0"
+    redis_url: str = Field(default="redis://127.0.0.1:6379/0", validation_alias="REDIS_URL")
+
+
+class CelerySettings(_Group):
+    """celery"""
 
     # The broker and result backend default to REDIS_URL; split them in production if you like.
-    CELERY_BROKER_URL: str = ""
-    CELERY_RESULT_BACKEND: str = ""
+    broker_url: str = Field(default="", validation_alias="CELERY_BROKER_URL")
+    result_backend: str = Field(default="", validation_alias="CELERY_RESULT_BACKEND")
     # Seconds a result key lives; every result gets a TTL (field report 002).
-    CELERY_RESULT_EXPIRES: int = Field(default=3600, ge=60)
+    result_expires: int = Field(default=3600, ge=60, validation_alias="CELERY_RESULT_EXPIRES")
     # An unacked message returns to the queue after this long: must exceed every hard limit.
-    CELERY_VISIBILITY_TIMEOUT: int = Field(default=3600, ge=10)
+    visibility_timeout: int = Field(
+        default=3600, ge=10, validation_alias="CELERY_VISIBILITY_TIMEOUT"
+    )
     # Seconds a worker keeps running tasks after SIGTERM before requeueing them (Celery 5.5).
-    CELERY_SOFT_SHUTDOWN_TIMEOUT: float = Field(default=20.0, ge=0)
+    soft_shutdown_timeout: float = Field(
+        default=20.0, ge=0, validation_alias="CELERY_SOFT_SHUTDOWN_TIMEOUT"
+    )
 
-    # --- per-queue limits (seconds) ----------------------------------------------------------
-    # Per queue: soft limit (the task gets SoftTimeLimitExceeded), hard limit (its process is
-    # killed) and prefetch per worker process.
-    COUNTERS_SOFT_TIME_LIMIT: int = Field(default=50, ge=1)
-    COUNTERS_TIME_LIMIT: int = Field(default=60, ge=1)
-    COUNTERS_PREFETCH: int = Field(default=1, ge=1)
-    SCANS_SOFT_TIME_LIMIT: int = Field(default=240, ge=1)
-    SCANS_TIME_LIMIT: int = Field(default=300, ge=1)
-    SCANS_PREFETCH: int = Field(default=1, ge=1)
-    MAINTENANCE_SOFT_TIME_LIMIT: int = Field(default=240, ge=1)
-    MAINTENANCE_TIME_LIMIT: int = Field(default=300, ge=1)
-    MAINTENANCE_PREFETCH: int = Field(default=1, ge=1)
 
-    # --- counters -----------------------------------------------------------------------------
+class QueueSettings(BaseModel):
+    """per queue (one set per entry of the queue registry, queues.py)"""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Soft time limit in seconds: the task gets SoftTimeLimitExceeded.
+    soft_time_limit: int = Field(ge=1)
+    # Hard time limit in seconds: the task's process is killed.
+    time_limit: int = Field(ge=1)
+    # Messages reserved per worker process (--prefetch-multiplier); 1 with acks_late.
+    prefetch: int = Field(ge=1)
+    # Queues the worker consumes (-Q, comma-separated); empty means the queue itself.
+    queues: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    @field_validator("queues", mode="before")
+    @classmethod
+    def _parse_queues(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [q.strip() for q in value.split(",") if q.strip()]
+        return value
+
+    @classmethod
+    def env_names(cls, spec: QueueSpec) -> dict[str, str]:
+        """Environment variable -> field, e.g. COUNTERS_TIME_LIMIT -> time_limit."""
+        return {spec.env_prefix + field.upper(): field for field in cls.model_fields}
+
+    @classmethod
+    def for_queue(cls, spec: QueueSpec, overrides: dict[str, Any]) -> QueueSettings:
+        """The registry's defaults, then the environment, then explicit overrides."""
+        values: dict[str, Any] = {
+            "soft_time_limit": spec.soft_time_limit,
+            "time_limit": spec.time_limit,
+            "prefetch": spec.prefetch,
+        }
+        for env, field in cls.env_names(spec).items():
+            if os.environ.get(env):
+                values[field] = os.environ[env]
+        return cls(**{**values, **overrides})
+
+
+class CounterSettings(_Group):
+    """counters"""
+
     # Pending hashes per entity/field; an id always lands in the same shard.
-    COUNTER_SHARDS: int = Field(default=8, ge=1, le=1024)
-
+    shards: int = Field(default=8, ge=1, le=1024, validation_alias="COUNTER_SHARDS")
     # Seconds between flushes of the view buffers (beat sends counters.flush).
-    COUNTER_FLUSH_INTERVAL: float = Field(default=2.0, gt=0)
-
+    flush_interval: float = Field(default=2.0, gt=0, validation_alias="COUNTER_FLUSH_INTERVAL")
     # Seconds between drains of the dirty set (beat sends counters.recount).
-    RECOUNT_INTERVAL: float = Field(default=2.0, gt=0)
-
+    recount_interval: float = Field(default=2.0, gt=0, validation_alias="RECOUNT_INTERVAL")
     # Targets recounted per statement.
-    RECOUNT_BATCH_SIZE: int = Field(default=500, ge=1, le=10_000)
-
+    recount_batch_size: int = Field(
+        default=500, ge=1, le=10_000, validation_alias="RECOUNT_BATCH_SIZE"
+    )
     # A dirty target claimed by a drainer that died is retried after this many seconds.
-    RECOUNT_CLAIM_TIMEOUT: float = Field(default=60.0, gt=0)
-
+    recount_claim_timeout: float = Field(
+        default=60.0, gt=0, validation_alias="RECOUNT_CLAIM_TIMEOUT"
+    )
     # Full reconciliation: seconds between runs and rows per statement.
-    RECONCILE_INTERVAL: float = Field(default=3600.0, gt=0)
-    RECONCILE_BATCH_SIZE: int = Field(default=2000, ge=1)
-
+    reconcile_interval: float = Field(default=3600.0, gt=0, validation_alias="RECONCILE_INTERVAL")
+    reconcile_batch_size: int = Field(default=2000, ge=1, validation_alias="RECONCILE_BATCH_SIZE")
     # Lease held per shard while flushing; renewed every third of it while the holder works.
-    FLUSH_LEASE_TTL: float = Field(default=30.0, gt=0)
-
+    flush_lease_ttl: float = Field(default=30.0, gt=0, validation_alias="FLUSH_LEASE_TTL")
     # Existence cache for view ingest (entries, seconds): ids known to exist skip the database
     # on the hot path.
-    VIEW_ID_CACHE_SIZE: int = Field(default=100_000, ge=0)
-    VIEW_ID_CACHE_TTL: float = Field(default=300.0, ge=0)
+    view_id_cache_size: int = Field(default=100_000, ge=0, validation_alias="VIEW_ID_CACHE_SIZE")
+    view_id_cache_ttl: float = Field(default=300.0, ge=0, validation_alias="VIEW_ID_CACHE_TTL")
 
-    # --- api ----------------------------------------------------------------------------------
+
+class ApiSettings(_Group):
+    """api"""
+
     # JSON list of {"name", "sha256", "scopes"}; `celery-stack-api hash-token` makes a digest.
-    API_TOKENS: Annotated[list[TokenSpec], NoDecode] = Field(default_factory=list)
-
+    tokens: Annotated[list[TokenSpec], NoDecode] = Field(
+        default_factory=list, validation_alias="API_TOKENS"
+    )
     # Larger request bodies are refused with 413 before they are read.
-    API_MAX_BODY_BYTES: int = Field(default=64 * 1024, ge=1024)
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024, validation_alias="API_MAX_BODY_BYTES")
 
-    # --- observability ------------------------------------------------------------------------
+    @field_validator("tokens", mode="before")
+    @classmethod
+    def _parse_tokens(cls, value: object) -> object:
+        return _json_or_empty(value, [])
+
+
+class ObservabilitySettings(_Group):
+    """observability"""
+
     # Port for /metrics of workers and beat (the API serves /metrics itself).
-    METRICS_PORT: int = Field(default=9808, ge=0, le=65535)
+    metrics_port: int = Field(default=9808, ge=0, le=65535, validation_alias="METRICS_PORT")
     # Directory for prometheus-client multiprocess files (prefork workers); empty = single process.
-    PROMETHEUS_MULTIPROC_DIR: str = ""
+    prometheus_multiproc_dir: str = Field(default="", validation_alias="PROMETHEUS_MULTIPROC_DIR")
     # OTLP/HTTP endpoint; traces go nowhere when empty.
-    OTEL_EXPORTER_OTLP_ENDPOINT: str = ""
+    otlp_endpoint: str = Field(default="", validation_alias="OTEL_EXPORTER_OTLP_ENDPOINT")
     # File a worker touches while it consumes; the liveness probe checks its age.
-    WORKER_HEARTBEAT_FILE: str = "/tmp/celery-stack-worker-alive"  # noqa: S108
-
+    worker_heartbeat_file: str = Field(
+        default="/tmp/celery-stack-worker-alive",  # noqa: S108
+        validation_alias="WORKER_HEARTBEAT_FILE",
+    )
     # Seconds between touches of WORKER_HEARTBEAT_FILE.
-    WORKER_HEARTBEAT_INTERVAL: float = Field(default=5.0, gt=0)
+    worker_heartbeat_interval: float = Field(
+        default=5.0, gt=0, validation_alias="WORKER_HEARTBEAT_INTERVAL"
+    )
 
-    # --- beat ---------------------------------------------------------------------------------
+
+class BeatSettings(_Group):
+    """beat"""
+
     # Seconds between schedule checks of the leader.
-    BEAT_TICK: float = Field(default=0.5, gt=0)
-
+    tick: float = Field(default=0.5, gt=0, validation_alias="BEAT_TICK")
     # Leader election backend: a Kubernetes Lease when in-cluster config exists ("auto"), else
     # a Redis lease with an epoch counter; "redis" or "kubernetes" forces one.
-    BEAT_ELECTION: Literal["auto", "redis", "kubernetes"] = "auto"
+    election: Literal["auto", "redis", "kubernetes"] = Field(
+        default="auto", validation_alias="BEAT_ELECTION"
+    )
     # Lease timing (client-go's defaults): the lease lasts BEAT_LEASE_DURATION after the last
     # renewal; the leader gives up (and stops sending) when it could not renew for
     # BEAT_RENEW_DEADLINE; renewals and standby attempts happen every BEAT_RETRY_PERIOD.
-    BEAT_LEASE_DURATION: float = Field(default=15.0, gt=0)
-    BEAT_RENEW_DEADLINE: float = Field(default=10.0, gt=0)
-    BEAT_RETRY_PERIOD: float = Field(default=2.0, gt=0)
+    lease_duration: float = Field(default=15.0, gt=0, validation_alias="BEAT_LEASE_DURATION")
+    renew_deadline: float = Field(default=10.0, gt=0, validation_alias="BEAT_RENEW_DEADLINE")
+    retry_period: float = Field(default=2.0, gt=0, validation_alias="BEAT_RETRY_PERIOD")
     # Kubernetes Lease object; the namespace defaults to the pod's own (service account).
-    BEAT_LEASE_NAME: str = "celery-stack-beat"
-    BEAT_LEASE_NAMESPACE: str = ""
+    lease_name: str = Field(default="celery-stack-beat", validation_alias="BEAT_LEASE_NAME")
+    lease_namespace: str = Field(default="", validation_alias="BEAT_LEASE_NAMESPACE")
     # Claimed slot keys live this long (at least three intervals of their entry).
-    BEAT_SLOT_TTL: float = Field(default=3600.0, gt=0)
+    slot_ttl: float = Field(default=3600.0, gt=0, validation_alias="BEAT_SLOT_TTL")
     # Catch-up "all" sends at most this many missed slots per entry; older ones count as missed.
-    BEAT_CATCHUP_MAX: int = Field(default=100, ge=1)
+    catchup_max: int = Field(default=100, ge=1, validation_alias="BEAT_CATCHUP_MAX")
     # Catch-up "skip" still sends a slot this many seconds late (a normal tick or a fast
     # handover); later slots are dropped and counted as missed.
-    BEAT_SKIP_GRACE: float = Field(default=5.0, ge=0)
+    skip_grace: float = Field(default=5.0, ge=0, validation_alias="BEAT_SKIP_GRACE")
     # Liveness: touched by the leader after every tick, by a standby after every attempt;
     # `celery-stack-beat alive` fails when it is older than BEAT_ALIVE_MAX_AGE.
-    BEAT_HEARTBEAT_FILE: str = "/tmp/celery-stack-beat-alive"  # noqa: S108
-    BEAT_ALIVE_MAX_AGE: float = Field(default=30.0, gt=0)
+    heartbeat_file: str = Field(
+        default="/tmp/celery-stack-beat-alive",  # noqa: S108
+        validation_alias="BEAT_HEARTBEAT_FILE",
+    )
+    alive_max_age: float = Field(default=30.0, gt=0, validation_alias="BEAT_ALIVE_MAX_AGE")
 
-    # --- scans (begin) ------------------------------------------------------------------------
+    @model_validator(mode="after")
+    def _check_timing(self) -> BeatSettings:
+        # A leader must stop sending (renew deadline) before its lease can expire and a standby
+        # take over; renewals must be attempted several times within the deadline.
+        if not self.retry_period < self.renew_deadline < self.lease_duration:
+            raise ValueError(
+                "beat timing needs BEAT_RETRY_PERIOD < BEAT_RENEW_DEADLINE < BEAT_LEASE_DURATION"
+            )
+        if self.tick >= self.renew_deadline:
+            raise ValueError("BEAT_TICK must be below BEAT_RENEW_DEADLINE")
+        return self
+
+
+class ScanSettings(_Group):
+    """scans"""
+
     # Seconds between heartbeats a running scan writes to its row.
-    SCAN_HEARTBEAT_INTERVAL: float = Field(default=2.0, gt=0)
+    heartbeat_interval: float = Field(default=2.0, gt=0, validation_alias="SCAN_HEARTBEAT_INTERVAL")
     # A running scan whose heartbeat is older than this belongs to a dead worker: a redelivered
     # message may take it over (at once when that worker is known dead on the same host/pod).
-    SCAN_HEARTBEAT_STALE: float = Field(default=15.0, gt=0)
+    heartbeat_stale: float = Field(default=15.0, gt=0, validation_alias="SCAN_HEARTBEAT_STALE")
     # Deliveries of one attempt before the scan goes to `dead` (a handler that kills its worker).
-    SCAN_MAX_DELIVERIES: int = Field(default=3, ge=1, le=100)
+    max_deliveries: int = Field(default=3, ge=1, le=100, validation_alias="SCAN_MAX_DELIVERIES")
+
+    @model_validator(mode="after")
+    def _check_heartbeat(self) -> ScanSettings:
+        if self.heartbeat_stale <= 2 * self.heartbeat_interval:
+            # One late heartbeat must not hand a live scan to a second worker.
+            raise ValueError("SCAN_HEARTBEAT_STALE must exceed twice SCAN_HEARTBEAT_INTERVAL")
+        return self
+
+
+class ScannerSettings(_Group):
+    """scanner"""
+
     # Hostname -> addresses used instead of DNS (like curl --resolve): tests and the local demo.
     # JSON object, e.g. {"demo.localtest": ["127.0.0.1"]}. The SSRF guard still applies.
-    SCANNER_RESOLVE: Annotated[dict[str, list[str]], NoDecode] = Field(default_factory=dict)
+    resolve: Annotated[dict[str, list[str]], NoDecode] = Field(
+        default_factory=dict, validation_alias="SCANNER_RESOLVE"
+    )
     # Networks the SSRF guard lets through although they are not public (comma-separated CIDRs,
     # e.g. "127.0.0.1/32"). Empty in production. Cloud-metadata addresses are never allowed.
-    SCANNER_ALLOW_PRIVATE_CIDRS: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    allow_private_cidrs: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, validation_alias="SCANNER_ALLOW_PRIVATE_CIDRS"
+    )
     # Extra CA bundle (PEM file) the scanner trusts besides the system store: tests, demo.
-    SCANNER_CA_BUNDLE: str = ""
+    ca_bundle: str = Field(default="", validation_alias="SCANNER_CA_BUNDLE")
     # Most same-origin pages one scan fetches (a scan's config may ask for fewer).
-    SCANNER_MAX_PAGES: int = Field(default=10, ge=1, le=200)
+    max_pages: int = Field(default=10, ge=1, le=200, validation_alias="SCANNER_MAX_PAGES")
     # Redirects followed per fetch; every hop is resolved and checked by the SSRF guard.
-    SCANNER_MAX_REDIRECTS: int = Field(default=5, ge=0, le=20)
+    max_redirects: int = Field(default=5, ge=0, le=20, validation_alias="SCANNER_MAX_REDIRECTS")
     # Seconds per fetch (connect, read, TLS handshake).
-    SCANNER_TIMEOUT: float = Field(default=10.0, gt=0)
+    timeout: float = Field(default=10.0, gt=0, validation_alias="SCANNER_TIMEOUT")
     # Bytes read per page at most; the rest of a larger body is not downloaded.
-    SCANNER_MAX_BYTES: int = Field(default=1_000_000, ge=1024)
+    max_bytes: int = Field(default=1_000_000, ge=1024, validation_alias="SCANNER_MAX_BYTES")
     # User-Agent header of the scanner's requests.
-    SCANNER_USER_AGENT: str = "celery-stack-scanner/0.1"
+    user_agent: str = Field(
+        default="celery-stack-scanner/0.1", validation_alias="SCANNER_USER_AGENT"
+    )
     # TLS certificates closer than this to expiry are reported.
-    SCANNER_CERT_WARN_DAYS: int = Field(default=30, ge=0)
-    # Seconds between runs of the outbox relay (beat entry `outbox-relay`, maintenance queue).
-    OUTBOX_RELAY_INTERVAL: float = Field(default=2.0, gt=0)
-    # Outbox rows younger than this are left to the API that wrote them (it publishes right
-    # after COMMIT); older unsent rows are what a crash or a broker outage left: the relay's.
-    # Kept above the broker publish socket timeout (5 s, celery_app.py) so a slow publish by
-    # the API is not sent a second time by the relay.
-    OUTBOX_RELAY_MIN_AGE: float = Field(default=10.0, ge=0)
-    # Rows the relay locks (FOR UPDATE SKIP LOCKED) and sends per batch.
-    OUTBOX_RELAY_BATCH: int = Field(default=500, ge=1, le=10_000)
+    cert_warn_days: int = Field(default=30, ge=0, validation_alias="SCANNER_CERT_WARN_DAYS")
 
-    @field_validator("SCANNER_RESOLVE", mode="before")
+    @field_validator("resolve", mode="before")
     @classmethod
     def _parse_resolve(cls, value: object) -> object:
-        if isinstance(value, str):
-            return json.loads(value) if value.strip() else {}
-        return value
+        return _json_or_empty(value, {})
 
-    @field_validator("SCANNER_ALLOW_PRIVATE_CIDRS", mode="before")
+    @field_validator("allow_private_cidrs", mode="before")
     @classmethod
     def _parse_cidrs(cls, value: object) -> object:
         if isinstance(value, str):
@@ -224,116 +323,239 @@ class Settings(BaseSettings):
             return [c.strip() for c in text.split(",") if c.strip()]
         return value
 
-    @model_validator(mode="after")
-    def _check_scans(self) -> Settings:
-        if self.SCAN_HEARTBEAT_STALE <= 2 * self.SCAN_HEARTBEAT_INTERVAL:
-            # One late heartbeat must not hand a live scan to a second worker.
-            raise ValueError("SCAN_HEARTBEAT_STALE must exceed twice SCAN_HEARTBEAT_INTERVAL")
-        return self
 
-    # --- scans (end) --------------------------------------------------------------------------
+class OutboxSettings(_Group):
+    """outbox"""
 
-    # --- janitor (begin) ----------------------------------------------------------------------
+    # Seconds between runs of the outbox relay (beat entry `outbox-relay`, maintenance queue).
+    relay_interval: float = Field(default=2.0, gt=0, validation_alias="OUTBOX_RELAY_INTERVAL")
+    # Outbox rows younger than this are left to the API that wrote them (it publishes right
+    # after COMMIT); older unsent rows are what a crash or a broker outage left: the relay's.
+    # Kept above the broker publish socket timeout (5 s, celery_app.py) so a slow publish by
+    # the API is not sent a second time by the relay.
+    relay_min_age: float = Field(default=10.0, ge=0, validation_alias="OUTBOX_RELAY_MIN_AGE")
+    # Rows the relay locks (FOR UPDATE SKIP LOCKED) and sends per batch.
+    relay_batch: int = Field(default=500, ge=1, le=10_000, validation_alias="OUTBOX_RELAY_BATCH")
+
+
+class JanitorSettings(_Group):
+    """janitor"""
+
     # Keys asked for per SCAN step (its COUNT hint): one step is a bounded piece of Redis work.
-    JANITOR_SCAN_COUNT: int = Field(default=1000, ge=10, le=100_000)
+    scan_count: int = Field(default=1000, ge=10, le=100_000, validation_alias="JANITOR_SCAN_COUNT")
     # Keys one sweep examines per run at most; the next run goes on from the saved cursor.
-    JANITOR_MAX_KEYS: int = Field(default=2_000_000, ge=100)
+    max_keys: int = Field(default=2_000_000, ge=100, validation_alias="JANITOR_MAX_KEYS")
     # Rows per retention transaction, and transactions per sweep per run at most.
-    JANITOR_BATCH_SIZE: int = Field(default=1000, ge=1, le=100_000)
-    JANITOR_MAX_BATCHES: int = Field(default=100, ge=1)
+    batch_size: int = Field(default=1000, ge=1, le=100_000, validation_alias="JANITOR_BATCH_SIZE")
+    max_batches: int = Field(default=100, ge=1, validation_alias="JANITOR_MAX_BATCHES")
     # A lock's owner must have been silent (no heartbeat) this many seconds before its lock is
     # released, and on Kubernetes its pod must be gone as well (DESIGN "Locks and the janitor").
-    JANITOR_LOCK_GRACE: float = Field(default=30.0, ge=0)
+    lock_grace: float = Field(default=30.0, ge=0, validation_alias="JANITOR_LOCK_GRACE")
     # A running scan is stuck when its heartbeat is older than SCAN_HEARTBEAT_STALE plus this
     # and its worker is not alive; it is then requeued as a new attempt or marked dead.
-    JANITOR_STUCK_SCAN_GRACE: float = Field(default=60.0, ge=0)
+    stuck_scan_grace: float = Field(default=60.0, ge=0, validation_alias="JANITOR_STUCK_SCAN_GRACE")
     # An in-flight counter batch older than this with no flush lease held gets a flush sent to
     # the counters queue, which resumes it (the flush's own claim returns the in-flight batch).
-    JANITOR_INFLIGHT_MAX_AGE: float = Field(default=120.0, gt=0)
+    inflight_max_age: float = Field(
+        default=120.0, gt=0, validation_alias="JANITOR_INFLIGHT_MAX_AGE"
+    )
     # Dirty-set claims older than RECOUNT_CLAIM_TIMEOUT plus this go back to the dirty set.
-    JANITOR_CLAIM_GRACE: float = Field(default=60.0, ge=0)
+    claim_grace: float = Field(default=60.0, ge=0, validation_alias="JANITOR_CLAIM_GRACE")
     # Unsent outbox rows older than this are published by the janitor (the relay missed them).
-    JANITOR_OUTBOX_MAX_AGE: float = Field(default=300.0, gt=0)
+    outbox_max_age: float = Field(default=300.0, gt=0, validation_alias="JANITOR_OUTBOX_MAX_AGE")
     # Retention in days: findings of finished scans, sent outbox rows, dead scans, and counter
     # ledger rows (only those whose batch can no longer be resumed, docs/counters.md).
-    RETENTION_FINDINGS_DAYS: float = Field(default=90.0, gt=0)
-    RETENTION_OUTBOX_DAYS: float = Field(default=7.0, gt=0)
-    RETENTION_DEAD_SCANS_DAYS: float = Field(default=30.0, gt=0)
-    RETENTION_LEDGER_DAYS: float = Field(default=7.0, gt=0)
+    retention_findings_days: float = Field(
+        default=90.0, gt=0, validation_alias="RETENTION_FINDINGS_DAYS"
+    )
+    retention_outbox_days: float = Field(
+        default=7.0, gt=0, validation_alias="RETENTION_OUTBOX_DAYS"
+    )
+    retention_dead_scans_days: float = Field(
+        default=30.0, gt=0, validation_alias="RETENTION_DEAD_SCANS_DAYS"
+    )
+    retention_ledger_days: float = Field(
+        default=7.0, gt=0, validation_alias="RETENTION_LEDGER_DAYS"
+    )
     # Seconds a dry run through the API may take; it reports `complete: false` when cut short.
-    JANITOR_DRY_RUN_TIMEOUT: float = Field(default=10.0, gt=0)
+    dry_run_timeout: float = Field(default=10.0, gt=0, validation_alias="JANITOR_DRY_RUN_TIMEOUT")
     # Kubernetes namespace whose pods own locks and scans (the janitor's own when empty and
-    # in-cluster); outside Kubernetes pod owners are never released without an event.
-    JANITOR_NAMESPACE: str = ""
-    # --- janitor (end) ------------------------------------------------------------------------
+    # in-cluster); outside Kubernetes pod owners are never released by a sweep.
+    namespace: str = Field(default="", validation_alias="JANITOR_NAMESPACE")
+    # The operator: the Job template file its CronJobs copy (rendered by the chart), the port of
+    # kopf's liveness endpoint, and the label selector of the pods whose deletion releases locks.
+    operator_job_template: str = Field(default="", validation_alias="JANITOR_OPERATOR_JOB_TEMPLATE")
+    operator_health_port: int = Field(
+        default=8080, ge=0, le=65535, validation_alias="JANITOR_OPERATOR_HEALTH_PORT"
+    )
+    operator_pod_selector: str = Field(
+        default="app.kubernetes.io/name=celery-stack",
+        validation_alias="JANITOR_OPERATOR_POD_SELECTOR",
+    )
 
-    @field_validator("API_TOKENS", mode="before")
+
+def env_name(group: type[BaseModel], field: str) -> str:
+    alias = group.model_fields[field].validation_alias
+    assert isinstance(alias, str), f"{group.__name__}.{field} needs its env name as alias"
+    return alias
+
+
+class Settings(BaseModel):
+    """All settings, by group. `Settings()` reads the environment; keyword arguments named like
+    the variables (`Settings(COUNTER_SHARDS=4)`) override it, as do whole groups."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    deploy: DeploySettings = Field(default_factory=DeploySettings)
+    stores: StoreSettings = Field(default_factory=StoreSettings)
+    celery: CelerySettings = Field(default_factory=CelerySettings)
+    queues: dict[str, QueueSettings] = Field(default_factory=dict)
+    counters: CounterSettings = Field(default_factory=CounterSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
+    observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
+    beat: BeatSettings = Field(default_factory=BeatSettings)
+    scans: ScanSettings = Field(default_factory=ScanSettings)
+    scanner: ScannerSettings = Field(default_factory=ScannerSettings)
+    outbox: OutboxSettings = Field(default_factory=OutboxSettings)
+    janitor: JanitorSettings = Field(default_factory=JanitorSettings)
+
+    GROUPS: ClassVar[dict[str, type[_Group]]] = {
+        "deploy": DeploySettings,
+        "stores": StoreSettings,
+        "celery": CelerySettings,
+        "counters": CounterSettings,
+        "api": ApiSettings,
+        "observability": ObservabilitySettings,
+        "beat": BeatSettings,
+        "scans": ScanSettings,
+        "scanner": ScannerSettings,
+        "outbox": OutboxSettings,
+        "janitor": JanitorSettings,
+    }
+
+    @staticmethod
+    def env_names() -> dict[str, tuple[str, str]]:
+        """Every environment variable -> (group, field); queue variables as ("queues", ...)."""
+        out = {
+            env_name(cls, field): (group, field)
+            for group, cls in Settings.GROUPS.items()
+            for field in cls.model_fields
+        }
+        for spec in QUEUES.values():
+            for env, field in QueueSettings.env_names(spec).items():
+                out[env] = (f"queues.{spec.name}", field)
+        return out
+
+    @model_validator(mode="before")
     @classmethod
-    def _parse_tokens(cls, value: object) -> object:
-        if isinstance(value, str):
-            return json.loads(value) if value.strip() else []
-        return value
+    def _from_variables(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        names = cls.env_names()
+        given: dict[str, dict[str, Any]] = {}
+        for key in [k for k in data if k not in cls.model_fields]:
+            if key not in names:
+                raise ValueError(f"unknown setting {key!r}")
+            group, field = names[key]
+            given.setdefault(group, {})[field] = data.pop(key)
+        for group, group_cls in cls.GROUPS.items():
+            if not isinstance(data.get(group), BaseModel):
+                data[group] = group_cls(**{**(data.get(group) or {}), **given.get(group, {})})
+        queues = dict(data.get("queues") or {})
+        for spec in QUEUES.values():
+            if not isinstance(queues.get(spec.name), QueueSettings):
+                own = {**(queues.get(spec.name) or {}), **given.get(f"queues.{spec.name}", {})}
+                queues[spec.name] = QueueSettings.for_queue(spec, own)
+        data["queues"] = queues
+        return data
 
     @model_validator(mode="after")
-    def _check(self) -> Settings:
-        if not self.API_TOKENS:
-            if self.ENVIRONMENT == "production":
+    def _check_tokens(self) -> Settings:
+        production = self.deploy.environment == "production"
+        if not self.api.tokens:
+            if production:
                 raise ValueError("API_TOKENS must be set in production")
-            self.API_TOKENS = _dev_tokens()
-        if self.ENVIRONMENT == "production":
+            self.api.tokens = _dev_tokens()
+        if production:
             dev = {t.sha256 for t in _dev_tokens()}
-            if any(t.sha256 in dev for t in self.API_TOKENS):
+            if any(t.sha256 in dev for t in self.api.tokens):
                 raise ValueError("the development tokens are refused in production")
-        for queue in QUEUES:
-            soft, hard = self.soft_time_limit(queue), self.time_limit(queue)
-            if soft >= hard:
-                raise ValueError(f"{queue.upper()}_SOFT_TIME_LIMIT must be below its TIME_LIMIT")
-            if hard >= self.CELERY_VISIBILITY_TIMEOUT:
+        return self
+
+    @model_validator(mode="after")
+    def _check_queues(self) -> Settings:
+        visibility = self.celery.visibility_timeout
+        for name, queue in self.queues.items():
+            prefix = QUEUES[name].env_prefix if name in QUEUES else name.upper() + "_"
+            if queue.soft_time_limit >= queue.time_limit:
+                raise ValueError(f"{prefix}SOFT_TIME_LIMIT must be below its TIME_LIMIT")
+            if queue.time_limit >= visibility:
                 # A message whose visibility expires while it still runs is redelivered to a
                 # second worker: the task runs twice (DESIGN "Operating contract").
                 raise ValueError(
-                    f"CELERY_VISIBILITY_TIMEOUT ({self.CELERY_VISIBILITY_TIMEOUT}s) must exceed "
-                    f"{queue.upper()}_TIME_LIMIT ({hard}s)"
+                    f"CELERY_VISIBILITY_TIMEOUT ({visibility}s) must exceed "
+                    f"{prefix}TIME_LIMIT ({queue.time_limit}s)"
                 )
         return self
 
     @model_validator(mode="after")
     def _check_janitor(self) -> Settings:
-        # A flusher holds a batch id in memory for at most COUNTERS_TIME_LIMIT; a ledger row
-        # must outlive that by far, or a late flusher could apply its batch twice.
-        if self.RETENTION_LEDGER_DAYS * 86400 < 100 * self.COUNTERS_TIME_LIMIT:
+        # A flusher holds a batch id in memory for at most the counters hard time limit; a
+        # ledger row must outlive that by far, or a late flusher could apply its batch twice
+        # (docs/counters.md, "Ledger retention").
+        limit = self.queues["counters"].time_limit if "counters" in self.queues else 0
+        if self.janitor.retention_ledger_days * 86400 < 100 * limit:
             raise ValueError("RETENTION_LEDGER_DAYS must exceed 100 x COUNTERS_TIME_LIMIT")
-        return self
-
-    @model_validator(mode="after")
-    def _check_beat(self) -> Settings:
-        # A leader must stop sending (renew deadline) before its lease can expire and a standby
-        # take over; renewals must be attempted several times within the deadline.
-        if not self.BEAT_RETRY_PERIOD < self.BEAT_RENEW_DEADLINE < self.BEAT_LEASE_DURATION:
-            raise ValueError(
-                "beat timing needs BEAT_RETRY_PERIOD < BEAT_RENEW_DEADLINE < BEAT_LEASE_DURATION"
-            )
-        if self.BEAT_TICK >= self.BEAT_RENEW_DEADLINE:
-            raise ValueError("BEAT_TICK must be below BEAT_RENEW_DEADLINE")
         return self
 
     # --- derived ------------------------------------------------------------------------------
     @property
     def broker_url(self) -> str:
-        return self.CELERY_BROKER_URL or self.REDIS_URL
+        return self.celery.broker_url or self.stores.redis_url
 
     @property
     def result_backend(self) -> str:
-        return self.CELERY_RESULT_BACKEND or self.REDIS_URL
+        return self.celery.result_backend or self.stores.redis_url
 
-    def soft_time_limit(self, queue: Queue) -> int:
-        return int(getattr(self, f"{queue.upper()}_SOFT_TIME_LIMIT"))
+    def queue(self, name: str) -> QueueSettings:
+        """The settings of a registered queue (KeyError names the registry)."""
+        from celery_stack_core.queues import spec
 
-    def time_limit(self, queue: Queue) -> int:
-        return int(getattr(self, f"{queue.upper()}_TIME_LIMIT"))
+        return self.queues[spec(name).name]
 
-    def prefetch(self, queue: Queue) -> int:
-        return int(getattr(self, f"{queue.upper()}_PREFETCH"))
+    def values(self) -> dict[str, Any]:
+        """Every setting by its variable name (python values)."""
+        out: dict[str, Any] = {}
+        for env, (group, field) in self.env_names().items():
+            if group.startswith("queues."):
+                queue = self.queues.get(group.removeprefix("queues."))
+                if queue is not None:
+                    out[env] = getattr(queue, field)
+            else:
+                out[env] = getattr(getattr(self, group), field)
+        return out
+
+    def replace(self, **variables: Any) -> Settings:
+        """A copy with some variables changed: `settings.replace(REDIS_URL=...)`."""
+        return Settings(**{**self.values(), **variables})
+
+    def env(self) -> dict[str, str]:
+        """Environment that makes a child process read exactly these settings."""
+        out: dict[str, str] = {}
+        names = self.env_names()
+        for key, value in self.values().items():
+            if names[key][0].startswith("queues.") and isinstance(value, list):
+                out[key] = ",".join(value)  # <QUEUE>_QUEUES is comma-separated
+            elif isinstance(value, list):
+                out[key] = json.dumps(
+                    [v.model_dump() if isinstance(v, BaseModel) else v for v in value]
+                )
+            elif isinstance(value, dict):
+                out[key] = json.dumps(value)
+            else:
+                out[key] = str(value)
+        return out
 
 
 @functools.cache

@@ -9,12 +9,12 @@ from celery_stack_core.config import Settings
 
 def make_engine(settings: Settings, *, pool_size: int | None = None) -> AsyncEngine:
     return create_async_engine(
-        settings.DATABASE_URL,
-        pool_size=pool_size or settings.DATABASE_POOL_SIZE,
+        settings.stores.database_url,
+        pool_size=pool_size or settings.stores.database_pool_size,
         max_overflow=2,
         pool_pre_ping=True,  # a PostgreSQL restart must not leave dead connections in the pool
         pool_recycle=1800,
-        connect_args={"server_settings": {"application_name": settings.SERVICE_NAME}},
+        connect_args={"server_settings": {"application_name": settings.deploy.service_name}},
     )
 
 

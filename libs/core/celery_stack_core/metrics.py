@@ -76,7 +76,7 @@ DRIFT = Counter(
 )
 TASK_FAILURES = Counter(f"{NS}_task_failures", "Our tasks that raised, by task name.", ["task"])
 
-# --- scans (begin) ----------------------------------------------------------------------------
+# --- scans ---------------------------------------------------------------------------------------
 SCANS_CREATED = Counter(f"{NS}_scans_created", "Scans created through the API.")
 SCANS_FINISHED = Counter(
     f"{NS}_scans_finished",
@@ -131,7 +131,6 @@ OUTBOX_OLDEST_AGE = Gauge(
     "Age of the oldest unsent outbox row, at the last relay run.",
     multiprocess_mode="max",
 )
-# --- scans (end) ------------------------------------------------------------------------------
 
 # --- janitor (begin) -------------------------------------------------------------------------
 JANITOR_FOUND = Counter(

@@ -71,7 +71,7 @@ def upgrade(url: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    url = get_settings().DATABASE_URL
+    url = get_settings().stores.database_url
     if args == ["--check"]:
         current = asyncio.run(current_revision(url))
         head = head_revision()

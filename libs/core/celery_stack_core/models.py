@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Literal, get_args
 
 from sqlalchemy import (
     BigInteger,
@@ -124,9 +125,14 @@ class CounterBatch(Base):
     )
 
 
-# --- scans (begin) ----------------------------------------------------------------------------
-SCAN_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled", "dead")
-TERMINAL_STATUSES = ("succeeded", "failed", "cancelled", "dead")
+# A scan's status, written once: the API's response type, the CHECK constraint and the
+# lifecycle's tuples all derive from this Literal.
+ScanStatus = Literal["queued", "running", "succeeded", "failed", "cancelled", "dead"]
+SCAN_STATUSES: tuple[ScanStatus, ...] = get_args(ScanStatus)
+LIVE_STATUSES: tuple[ScanStatus, ...] = ("queued", "running")
+TERMINAL_STATUSES: tuple[ScanStatus, ...] = tuple(
+    s for s in SCAN_STATUSES if s not in LIVE_STATUSES
+)
 
 
 class Scan(Base):
@@ -136,9 +142,9 @@ class Scan(Base):
 
     __tablename__ = "scans"
     __table_args__ = (
+        # Same text as migration 0002's constraint (the models-vs-migrations test compares).
         CheckConstraint(
-            "status IN ('queued', 'running', 'succeeded', 'failed', 'cancelled', 'dead')",
-            name="status",
+            "status IN ({})".format(", ".join(f"'{s}'" for s in SCAN_STATUSES)), name="status"
         ),
         UniqueConstraint("owner", "idempotency_key", name="uq_scans_owner_idempotency_key"),
         Index("ix_scans_owner_created", "owner", "created_at", "id"),

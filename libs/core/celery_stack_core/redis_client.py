@@ -23,8 +23,8 @@ def _opts() -> dict[str, object]:
 
 
 def make_async_redis(settings: Settings, url: str | None = None) -> aioredis.Redis:
-    return aioredis.Redis.from_url(url or settings.REDIS_URL, **_opts())  # type: ignore[arg-type]
+    return aioredis.Redis.from_url(url or settings.stores.redis_url, **_opts())  # type: ignore[arg-type]
 
 
 def make_redis(settings: Settings, url: str | None = None) -> redis.Redis:
-    return redis.Redis.from_url(url or settings.REDIS_URL, **_opts())
+    return redis.Redis.from_url(url or settings.stores.redis_url, **_opts())

@@ -17,7 +17,7 @@ _configured = False
 
 
 def tracing_enabled(settings: Settings) -> bool:
-    return bool(settings.OTEL_EXPORTER_OTLP_ENDPOINT)
+    return bool(settings.observability.otlp_endpoint)
 
 
 def setup_tracing(service: str, settings: Settings) -> bool:
@@ -31,7 +31,7 @@ def setup_tracing(service: str, settings: Settings) -> bool:
     from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
 
     provider = TracerProvider(resource=Resource.create({"service.name": service}))
-    endpoint = settings.OTEL_EXPORTER_OTLP_ENDPOINT.rstrip("/") + "/v1/traces"
+    endpoint = settings.observability.otlp_endpoint.rstrip("/") + "/v1/traces"
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
     trace.set_tracer_provider(provider)
     CeleryInstrumentor().instrument()

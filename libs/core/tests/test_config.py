@@ -9,15 +9,15 @@ from celery_stack_core.config import DEV_ADMIN_TOKEN, Settings, hash_token
 @pytest.fixture(autouse=True)
 def _no_settings_env(monkeypatch):
     """These tests read Settings from scratch: drop what the session's fixtures exported."""
-    for name in Settings.model_fields:
+    for name in Settings.env_names():
         monkeypatch.delenv(name, raising=False)
 
 
 def test_defaults_run_locally_with_dev_tokens():
-    s = Settings(_env_file=None)
-    names = {t.name for t in s.API_TOKENS}
+    s = Settings()
+    names = {t.name for t in s.api.tokens}
     assert names == {"dev-user", "dev-admin"}
-    assert s.broker_url == s.REDIS_URL == s.result_backend
+    assert s.broker_url == s.stores.redis_url == s.result_backend
 
 
 def test_visibility_timeout_must_exceed_every_hard_limit():
@@ -39,13 +39,34 @@ def test_production_needs_tokens_and_refuses_dev_tokens():
         Settings(ENVIRONMENT="production", API_TOKENS=json.dumps(dev))
     ok = [{"name": "svc", "sha256": hash_token("s3cret-token-value"), "scopes": ["user"]}]
     s = Settings(ENVIRONMENT="production", API_TOKENS=json.dumps(ok))
-    assert s.API_TOKENS[0].name == "svc"
+    assert s.api.tokens[0].name == "svc"
 
 
 def test_tokens_from_env(monkeypatch):
     spec = [{"name": "svc", "sha256": hash_token("abc"), "scopes": ["user", "admin"]}]
     monkeypatch.setenv("API_TOKENS", json.dumps(spec))
-    assert Settings().API_TOKENS[0].scopes == ["user", "admin"]
+    assert Settings().api.tokens[0].scopes == ["user", "admin"]
     monkeypatch.setenv("API_TOKENS", '[{"name": "bad", "sha256": "plaintext", "scopes": ["user"]}]')
     with pytest.raises(ValidationError):
         Settings()
+
+
+def test_groups_read_the_same_variables(monkeypatch):
+    monkeypatch.setenv("COUNTER_SHARDS", "16")
+    monkeypatch.setenv("SCANS_PREFETCH", "3")
+    s = Settings()
+    assert s.counters.shards == 16 and s.queue("scans").prefetch == 3
+    assert Settings(COUNTER_SHARDS=2).counters.shards == 2  # keyword beats the environment
+    assert s.replace(BEAT_TICK=0.25).beat.tick == 0.25 and s.beat.tick == 0.5
+
+
+def test_unknown_variable_is_refused():
+    with pytest.raises(ValidationError, match="unknown setting 'COUNTER_SHARD'"):
+        Settings(COUNTER_SHARD=2)
+
+
+def test_env_round_trips(monkeypatch):
+    s = Settings(COUNTER_SHARDS=3, SCANNER_ALLOW_PRIVATE_CIDRS="127.0.0.1/32", SCANS_QUEUES="a,b")
+    for key, value in s.env().items():
+        monkeypatch.setenv(key, value)
+    assert Settings() == s

@@ -11,8 +11,8 @@ from celery_stack_core.models import Base
 
 
 async def test_schema_at_head_matches_models(settings):
-    assert await current_revision(settings.DATABASE_URL) == head_revision()
-    engine = create_async_engine(settings.DATABASE_URL)
+    assert await current_revision(settings.stores.database_url) == head_revision()
+    engine = create_async_engine(settings.stores.database_url)
     async with engine.connect() as conn:
         diff = await conn.run_sync(
             lambda c: compare_metadata(MigrationContext.configure(c), Base.metadata)
@@ -33,12 +33,12 @@ async def test_upgrade_from_empty_database(settings):
     second run is a no-op."""
     import asyncpg
 
-    base = settings.DATABASE_URL.replace("+asyncpg", "").rsplit("/", 1)[0]
+    base = settings.stores.database_url.replace("+asyncpg", "").rsplit("/", 1)[0]
     conn = await asyncpg.connect(f"{base}/postgres")
     await conn.execute('DROP DATABASE IF EXISTS "cs_fresh_migrate"')
     await conn.execute('CREATE DATABASE "cs_fresh_migrate"')
     await conn.close()
-    url = settings.DATABASE_URL.rsplit("/", 1)[0] + "/cs_fresh_migrate"
+    url = settings.stores.database_url.rsplit("/", 1)[0] + "/cs_fresh_migrate"
     assert await current_revision(url) is None
     await asyncio.to_thread(upgrade, url)
     assert await current_revision(url) == head_revision()

@@ -178,7 +178,7 @@ async def test_sweeps_never_touch_live_things_and_dry_run_equals_real_run(
     ctx = SweepContext(
         redis,
         engine,
-        settings.model_copy(update={"JANITOR_LOCK_GRACE": 30.0}),
+        settings.replace(JANITOR_LOCK_GRACE=30.0),
         pods=pods,
         keep_all=True,
     )

@@ -94,15 +94,7 @@ def servers() -> Iterator[Servers]:
 
 def env_for(settings: Settings) -> dict[str, str]:
     """Environment that makes a child process use exactly these settings."""
-    out: dict[str, str] = {}
-    for key, value in settings.model_dump(mode="json").items():
-        if key == "API_TOKENS" or isinstance(value, dict | list):
-            import json
-
-            out[key] = json.dumps(value)
-        elif value is not None and value != "":
-            out[key] = str(value)
-    return out
+    return settings.env()
 
 
 @pytest.fixture(scope="session")

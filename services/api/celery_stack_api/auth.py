@@ -16,7 +16,7 @@ class Principal:
 class TokenTable:
     def __init__(self, settings: Settings) -> None:
         self._by_digest = {
-            t.sha256: Principal(t.name, frozenset(t.scopes)) for t in settings.API_TOKENS
+            t.sha256: Principal(t.name, frozenset(t.scopes)) for t in settings.api.tokens
         }
 
     def lookup(self, token: str) -> Principal | None:

@@ -19,7 +19,7 @@ def serve(
     import uvicorn
 
     settings = get_settings()
-    configure_logging("api", settings.LOG_LEVEL)
+    configure_logging("api", settings.deploy.log_level)
     uvicorn.run(
         "celery_stack_api.main:create_app",
         factory=True,

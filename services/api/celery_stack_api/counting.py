@@ -52,7 +52,7 @@ async def record_view(
             target,
             "views",
             target_id,
-            shards=state.settings.COUNTER_SHARDS,
+            shards=state.settings.counters.shards,
             viewer=viewer,
         )
         metrics.INCREMENTS.labels(target, "views").inc()
@@ -74,7 +74,7 @@ async def record_view(
 async def read_counts(state: AppState, target: TargetType, target_id: int) -> dict[str, Any]:
     """DB value + what Redis still buffers (live + in-flight unless its batch is committed)."""
     spec = TARGETS[target]
-    shards = state.settings.COUNTER_SHARDS
+    shards = state.settings.counters.shards
     pending: dict[str, buffer.Buffered] = {}
     uniques: int | None = None
     partial = False

@@ -65,7 +65,7 @@ def create_app(settings: Settings | None = None, *, view_fast_path: bool = True)
         lifespan=lifespan,
         description="Counters, scans and maintenance on Celery, Redis and PostgreSQL.",
     )
-    app.add_middleware(BodyLimit, max_bytes=settings.API_MAX_BODY_BYTES)
+    app.add_middleware(BodyLimit, max_bytes=settings.api.max_body_bytes)
     app.include_router(health.router)
     app.include_router(counters.router)
     app.include_router(content.router)

@@ -26,5 +26,6 @@ class AppState:
 
     def __post_init__(self) -> None:
         self.known_ids = TTLCache(
-            maxsize=max(1, self.settings.VIEW_ID_CACHE_SIZE), ttl=self.settings.VIEW_ID_CACHE_TTL
+            maxsize=max(1, self.settings.counters.view_id_cache_size),
+            ttl=self.settings.counters.view_id_cache_ttl,
         )

@@ -27,7 +27,7 @@ async def test_view_is_buffered_with_no_database_write(api, post_id, redis, engi
 async def test_counts_are_db_plus_live_plus_inflight_once(api, post_id, redis, engine, settings):
     for _ in range(2):
         await api.post(f"/api/v1/posts/{post_id}/views")
-    await flush_all(redis, engine, shards=settings.COUNTER_SHARDS, owner="t", lease_ttl=5)
+    await flush_all(redis, engine, shards=settings.counters.shards, owner="t", lease_ttl=5)
     await api.post(f"/api/v1/posts/{post_id}/views")
     body = (await api.get(f"/api/v1/posts/{post_id}/counts")).json()
     assert body["counts"]["views"] == 3
@@ -39,7 +39,7 @@ async def test_committed_inflight_batch_is_not_counted_twice(api, post_id, redis
     from celery_stack_counters.flush import STEPS, flush_shard
 
     await api.post(f"/api/v1/posts/{post_id}/views")
-    sk = shard_keys("post", "views", post_id, settings.COUNTER_SHARDS)
+    sk = shard_keys("post", "views", post_id, settings.counters.shards)
 
     async def stop_after_commit(step):
         if step == "committed":
@@ -171,7 +171,7 @@ async def test_auth_and_scopes(api, post_id):
 async def test_redis_down_falls_back_to_one_db_statement(settings, client_for, clean_db, engine):
     from celery_stack_core import metrics
 
-    down = settings.model_copy(update={"REDIS_URL": "redis://127.0.0.1:1/0"})
+    down = settings.replace(REDIS_URL="redis://127.0.0.1:1/0")
     async with client_for(down) as api:
         pid = (await api.post("/api/v1/posts", json={"title": "t"})).json()["id"]
         before = metrics.FALLBACKS.labels("post", "views")._value.get()
@@ -190,11 +190,9 @@ async def test_redis_down_falls_back_to_one_db_statement(settings, client_for, c
 
 
 async def test_both_stores_down_is_503_with_retry_after(settings, client_for):
-    down = settings.model_copy(
-        update={
-            "REDIS_URL": "redis://127.0.0.1:1/0",
-            "DATABASE_URL": "postgresql+asyncpg://postgres@127.0.0.1:1/x",
-        }
+    down = settings.replace(
+        REDIS_URL="redis://127.0.0.1:1/0",
+        DATABASE_URL="postgresql+asyncpg://postgres@127.0.0.1:1/x",
     )
     async with client_for(down) as api:
         r = await api.post("/api/v1/posts/5/views")

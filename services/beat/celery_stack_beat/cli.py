@@ -39,7 +39,7 @@ def run(
 ) -> None:
     """Campaign for leadership and send the schedule while leading; SIGTERM releases."""
     settings = get_settings()
-    configure_logging("beat", settings.LOG_LEVEL)
+    configure_logging("beat", settings.deploy.log_level)
     # `kill -USR1` dumps every thread's stack to stderr: for a replica that will not stop.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     from celery_stack_beat import service
@@ -112,8 +112,8 @@ def alive() -> None:
     from celery_stack_core.liveness import heartbeat_age
 
     settings = get_settings()
-    age = heartbeat_age(settings.BEAT_HEARTBEAT_FILE)
-    if age > settings.BEAT_ALIVE_MAX_AGE:
+    age = heartbeat_age(settings.beat.heartbeat_file)
+    if age > settings.beat.alive_max_age:
         typer.echo(f"not alive: last progress {age:.1f}s ago", err=True)
         raise typer.Exit(1)
     typer.echo(f"alive: last progress {age:.1f}s ago")

@@ -17,9 +17,6 @@ import asyncio
 import contextlib
 import enum
 import logging
-import os
-import secrets
-import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -39,7 +36,7 @@ class Timing:
     @classmethod
     def from_settings(cls, settings: Settings) -> Timing:
         return cls(
-            settings.BEAT_LEASE_DURATION, settings.BEAT_RENEW_DEADLINE, settings.BEAT_RETRY_PERIOD
+            settings.beat.lease_duration, settings.beat.renew_deadline, settings.beat.retry_period
         )
 
 
@@ -63,17 +60,6 @@ class Backend(Protocol):
         """A standby's pause between attempts; may end early when the lease is released."""
 
     async def close(self) -> None: ...
-
-
-def identity(settings: Settings) -> str:
-    """Pod name + pod UID (Downward API) + a per-process nonce; host and pid locally.
-
-    The nonce makes a restarted process a new holder: it never mistakes its predecessor's
-    lease for its own.
-    """
-    name = settings.POD_NAME or socket.gethostname()
-    uid = settings.POD_UID or f"pid{os.getpid()}"
-    return f"{name}_{uid}_{secrets.token_hex(4)}"
 
 
 @dataclass

@@ -3,7 +3,7 @@
 client-go semantics, minus its two flaws the Python client's leaderelection module copies
 (wall-clock expiry, no release on shutdown):
 
-- holderIdentity = pod name + pod UID + per-process nonce (election.identity);
+- holderIdentity = pod name + owner id + per-process nonce (core identity.lease_holder);
 - every write is a compare-and-swap on metadata.resourceVersion (409 Conflict = someone else
   wrote first); only the server's view decides, never our wall clock;
 - a standby judges expiry by how long *it* has watched the record stay unchanged, on its
@@ -206,7 +206,7 @@ async def connect(
     """In-cluster config when present, else the kubeconfig (KUBECONFIG or ~/.kube/config)."""
     from kubernetes_asyncio import client, config
 
-    namespace = settings.BEAT_LEASE_NAMESPACE
+    namespace = settings.beat.lease_namespace
     if in_cluster():
         config.load_incluster_config()
         if not namespace:
@@ -219,7 +219,7 @@ async def connect(
     api = client.CoordinationV1Api(client.ApiClient())
     return KubeLease(
         api,
-        name=settings.BEAT_LEASE_NAME,
+        name=settings.beat.lease_name,
         namespace=namespace,
         identity=identity,
         timing=timing,

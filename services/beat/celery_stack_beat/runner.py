@@ -111,7 +111,7 @@ class Ticker:
 
     def _ttl_ms(self, entry: Entry) -> int:
         span = entry.every * 3 if entry.cron is None else 0
-        return int(max(self.settings.BEAT_SLOT_TTL, span) * 1000)
+        return int(max(self.settings.beat.slot_ttl, span) * 1000)
 
     async def _claim(self, entry: Entry, due_ms: int, mode: str) -> Claim:
         got = await fencing.claim(
@@ -213,8 +213,8 @@ class Ticker:
                 entry,
                 last[entry.name],
                 now_ms,
-                skip_grace_ms=int(self.settings.BEAT_SKIP_GRACE * 1000),
-                catchup_max=self.settings.BEAT_CATCHUP_MAX,
+                skip_grace_ms=int(self.settings.beat.skip_grace * 1000),
+                catchup_max=self.settings.beat.catchup_max,
             )
             newest = last[entry.name]
             final = p.send[-1] if p.send else p.skip
@@ -250,7 +250,7 @@ class Ticker:
 
     async def run(self) -> None:
         """Tick until the leadership is lost (then return) or the task is cancelled."""
-        tick = self.settings.BEAT_TICK
+        tick = self.settings.beat.tick
         planned = clock.now()
         while not self.leadership.lost:
             lag = max(0.0, clock.now() - planned)

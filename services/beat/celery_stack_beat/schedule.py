@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from celery_stack_core.celery_app import queue_of
-from celery_stack_core.config import Queue, Settings
+from celery_stack_core.config import Settings
 
 # After downtime: "skip" drops missed slots (sends one only if it is at most BEAT_SKIP_GRACE
 # late), "once" sends the newest missed slot once, "all" sends every missed slot (bounded by
@@ -40,14 +40,16 @@ class Entry:
         queue_of(self.task)  # refuses a task no queue consumes
 
     @property
-    def queue(self) -> Queue:
+    def queue(self) -> str:
         return queue_of(self.task)
 
 
 def schedule(settings: Settings) -> list[Entry]:
     return [
-        Entry("counters-flush", "counters.flush", settings.COUNTER_FLUSH_INTERVAL),
-        Entry("counters-recount", "counters.recount", settings.RECOUNT_INTERVAL),
-        Entry("counters-reconcile", "counters.reconcile", settings.RECONCILE_INTERVAL, "once"),
-        Entry("outbox-relay", "maintenance.outbox_relay", settings.OUTBOX_RELAY_INTERVAL),
+        Entry("counters-flush", "counters.flush", settings.counters.flush_interval),
+        Entry("counters-recount", "counters.recount", settings.counters.recount_interval),
+        Entry(
+            "counters-reconcile", "counters.reconcile", settings.counters.reconcile_interval, "once"
+        ),
+        Entry("outbox-relay", "maintenance.outbox_relay", settings.outbox.relay_interval),
     ]

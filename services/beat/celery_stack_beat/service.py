@@ -22,6 +22,7 @@ from celery_stack_beat.status import leader_record, serve_http
 from celery_stack_core import keys, metrics
 from celery_stack_core.celery_app import make_celery
 from celery_stack_core.config import Settings
+from celery_stack_core.identity import lease_holder
 from celery_stack_core.lua import lua
 from celery_stack_core.redis_client import make_async_redis
 
@@ -33,8 +34,8 @@ EXIT_LOST = 3  # leadership lost or not renewed in time: the orchestrator restar
 
 
 def election_kind(settings: Settings) -> str:
-    if settings.BEAT_ELECTION != "auto":
-        return settings.BEAT_ELECTION
+    if settings.beat.election != "auto":
+        return settings.beat.election
     return "kubernetes" if election_k8s.in_cluster() else "redis"
 
 
@@ -179,8 +180,8 @@ async def serve(settings: Settings, entries: list[Entry], stop: asyncio.Event) -
     timing = Timing.from_settings(settings)
     kind = election_kind(settings)
     redis = make_async_redis(settings)
-    replica = Replica(election.identity(settings), kind, settings.BEAT_HEARTBEAT_FILE)
-    server = serve_http(settings.METRICS_PORT, replica, settings.BEAT_ALIVE_MAX_AGE)
+    replica = Replica(lease_holder(settings), kind, settings.beat.heartbeat_file)
+    server = serve_http(settings.observability.metrics_port, replica, settings.beat.alive_max_age)
     metrics.BEAT_IS_LEADER.labels(kind).set(0)
     log.info(
         "beat replica starting as standby",

@@ -316,11 +316,11 @@ def test_beat_processes_elect_hand_over_and_give_up_on_a_kubernetes_lease(
     argv = ["celery-stack-beat", "run", "--schedule", "k8s_probe_schedule:schedule"]
     a = start_service("beat-a", argv, POD_NAME="beat-a", **env)
     b = start_service("beat-b", argv, POD_NAME="beat-b", **env)
-    client = sync_redis.Redis.from_url(settings.REDIS_URL, decode_responses=True)
+    client = sync_redis.Redis.from_url(settings.stores.redis_url, decode_responses=True)
     try:
         wait(lambda: ("beat-test", "beat") in kube.leases and len(sends(client)) >= 3, 30, "sends")
         holder = kube.spec()["holderIdentity"]
-        assert holder.startswith(("beat-a_uid-under-test_", "beat-b_uid-under-test_"))
+        assert holder.startswith(("beat-a_pod:uid-under-test:", "beat-b_pod:uid-under-test:"))
         leader, standby = (a, b) if holder.startswith("beat-a") else (b, a)
         epoch = kube.spec()["leaseTransitions"]
         assert {e for _, e in sends(client)} == {epoch}, "messages carry the Lease's epoch"

@@ -58,7 +58,7 @@ async def test_catch_up_policies_after_downtime(redis, settings, tmp_path):
     ]
     await redis.hset(keys.BEAT_LAST, mapping={e.name: base for e in entries})
     await redis.hset(keys.BEAT_LAST, "late", base - 7_200_000)  # two hourly slots missed
-    s = settings.model_copy(update={"BEAT_CATCHUP_MAX": 5, "BEAT_SKIP_GRACE": 2.0})
+    s = settings.replace(BEAT_CATCHUP_MAX=5, BEAT_SKIP_GRACE=2.0)
     ticker, sent = make_ticker(redis, s, entries, tmp_path)
     await ticker.tick()
     newest = (await fencing.last_runs(redis))["once"]  # the slot due when the tick ran
@@ -110,7 +110,7 @@ async def test_heartbeat_is_proof_of_ticking_not_of_renewing(redis, settings, tm
     lease keeps being renewed."""
     await lead(redis)
     e = Entry("fast", "maintenance.x", 0.2, "all")
-    ticker, _ = make_ticker(redis, settings.model_copy(update={"BEAT_TICK": 0.05}), [e], tmp_path)
+    ticker, _ = make_ticker(redis, settings.replace(BEAT_TICK=0.05), [e], tmp_path)
     task = asyncio.create_task(ticker.run())
     await asyncio.sleep(0.5)
     assert ticker.replica.progress_age() < 0.3
@@ -130,7 +130,7 @@ async def test_heartbeat_is_not_touched_when_ticks_fail(redis, settings, tmp_pat
     """Liveness: a leader whose every tick raises (Redis unreachable, say) is not alive."""
     await lead(redis)
     e = Entry("fast", "maintenance.x", 1.0, "all")
-    ticker, _ = make_ticker(redis, settings.model_copy(update={"BEAT_TICK": 0.05}), [e], tmp_path)
+    ticker, _ = make_ticker(redis, settings.replace(BEAT_TICK=0.05), [e], tmp_path)
     ticks = 0
 
     async def broken() -> None:

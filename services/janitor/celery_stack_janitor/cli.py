@@ -29,7 +29,7 @@ from celery_stack_core import sweeps
 from celery_stack_core.config import get_settings
 from celery_stack_core.sweeps import inspect as views
 from celery_stack_core.sweeps.base import SweepReport
-from celery_stack_core.worker import prepare_multiproc_dir, run_worker
+from celery_stack_core.worker import worker_main
 from celery_stack_janitor.context import sweep_context
 from celery_stack_janitor.settings import load_local_run_env
 
@@ -40,11 +40,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="One JSON document on stdo
 
 
 def worker() -> None:
-    settings = get_settings()
-    prepare_multiproc_dir(settings)
-    from celery_stack_janitor.tasks import app as celery_app  # after the multiprocess dir is set
-
-    run_worker(celery_app, settings, "maintenance", sys.argv[1:])
+    worker_main("maintenance", sys.argv[1:])
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:

@@ -28,8 +28,8 @@ def outbox_relay() -> int:
         relay_all(
             connections.engine(),
             app,
-            batch_size=settings.OUTBOX_RELAY_BATCH,
-            min_age=settings.OUTBOX_RELAY_MIN_AGE,
+            batch_size=settings.outbox.relay_batch,
+            min_age=settings.outbox.relay_min_age,
         )
     )
 

@@ -75,9 +75,7 @@ async def test_two_relays_never_send_the_same_row(settings, clean_db, redis):
 async def test_broker_down_leaves_rows_unsent_with_the_error(settings, clean_db, free_tcp_port):
     await write_unsent(clean_db, 3)
     dead = outbox.fail_fast(
-        make_celery(
-            settings.model_copy(update={"REDIS_URL": f"redis://127.0.0.1:{free_tcp_port}/0"})
-        )
+        make_celery(settings.replace(REDIS_URL=f"redis://127.0.0.1:{free_tcp_port}/0"))
     )
     res = await outbox.relay(clean_db, outbox.celery_publisher(dead), batch_size=10, min_age=0)
     assert (res.sent, res.failed) == (0, 1)  # stops at the first failure: the broker is down
@@ -112,10 +110,9 @@ async def test_backlog_gauges_show_what_is_waiting(settings, clean_db, redis):
 def test_relay_min_age_default_exceeds_the_broker_publish_timeout():
     """A publish by the API may block up to the broker socket timeout after COMMIT; a relay that
     took the row earlier would send it a second time."""
-    from celery_stack_core.config import Settings
+    from celery_stack_core.config import OutboxSettings, Settings
 
-    defaults = Settings.model_fields
-    min_age = defaults["OUTBOX_RELAY_MIN_AGE"].default
+    min_age = OutboxSettings.model_fields["relay_min_age"].default
     app = make_celery(Settings())
     opts = app.conf.broker_transport_options
     assert min_age > max(opts["socket_timeout"], opts["socket_connect_timeout"])

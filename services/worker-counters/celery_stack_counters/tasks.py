@@ -25,9 +25,9 @@ def flush() -> dict[str, Any]:
         flush_all(
             connections.redis(),
             connections.engine(),
-            shards=settings.COUNTER_SHARDS,
+            shards=settings.counters.shards,
             owner=owner_id(settings),
-            lease_ttl=settings.FLUSH_LEASE_TTL,
+            lease_ttl=settings.counters.flush_lease_ttl,
         )
     )
     applied = [r for r in results if r.outcome == "applied"]
@@ -43,16 +43,18 @@ def recount() -> int:
             drain_dirty(
                 connections.redis(),
                 connections.engine(),
-                batch_size=settings.RECOUNT_BATCH_SIZE,
-                claim_timeout=settings.RECOUNT_CLAIM_TIMEOUT,
+                batch_size=settings.counters.recount_batch_size,
+                claim_timeout=settings.counters.recount_claim_timeout,
             )
         )
         total += n
-        if n < settings.RECOUNT_BATCH_SIZE:
+        if n < settings.counters.recount_batch_size:
             break
     return total
 
 
 @app.task(name="counters.reconcile")
 def reconcile_all() -> dict[str, int]:
-    return aio.run(reconcile(connections.engine(), batch_size=settings.RECONCILE_BATCH_SIZE))
+    return aio.run(
+        reconcile(connections.engine(), batch_size=settings.counters.reconcile_batch_size)
+    )

@@ -21,6 +21,7 @@ from typing import Literal
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from celery_stack_core.models import LIVE_STATUSES
 from celery_stack_scans.checks import Finding
 
 ClaimOutcome = Literal["claimed", "gone", "stale_attempt", "finished", "busy", "dead"]
@@ -66,7 +67,7 @@ async def claim(
         status = str(row.status)  # type: ignore[attr-defined]
         if int(row.attempt) != attempt:  # type: ignore[attr-defined]
             return Claim("stale_attempt", status=status)
-        if status not in ("queued", "running"):
+        if status not in LIVE_STATUSES:
             return Claim("finished", status=status)
         if status == "running" and row.worker == worker and row.hb_age is not None:  # type: ignore[attr-defined]
             # Our own claim, committed but its reply lost (a retried claim): keep it. Not

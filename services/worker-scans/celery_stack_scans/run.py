@@ -9,8 +9,6 @@ import asyncio
 import contextlib
 import inspect
 import logging
-import os
-import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -20,7 +18,7 @@ from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from celery_stack_core import metrics
-from celery_stack_core.identity import boot_id
+from celery_stack_core.identity import owner_is_gone
 from celery_stack_core.retry import with_retry
 from celery_stack_core.scan_spec import ScanConfig
 from celery_stack_scans import lifecycle
@@ -51,33 +49,6 @@ class RunLimits:
     deadline: float  # seconds this delivery may take, inside the queue's soft time limit
 
 
-def owner_is_gone(worker: str | None) -> bool:
-    """True when `worker` was a process on this machine (same host or pod, same boot) that no
-    longer exists: its scan can be taken over at once instead of after the stale period."""
-    if not worker:
-        return False
-    parts = worker.split(":")
-    try:
-        if parts[0] == "host" and len(parts) == 4:
-            same = parts[1] == socket.gethostname() and parts[3] == boot_id()
-        elif parts[0] == "pod" and len(parts) == 3:
-            same = parts[1] == os.environ.get("POD_UID")
-        else:
-            return False
-        pid = int(parts[-2] if parts[0] == "host" else parts[-1])
-    except ValueError:
-        return False
-    if not same or pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
-
-
 async def _claim(
     engine: AsyncEngine, scan_id: uuid.UUID, attempt: int, worker: str, limits: RunLimits
 ) -> lifecycle.Claim:
@@ -96,7 +67,7 @@ async def _claim(
         if claim.outcome != "busy":
             return claim
         holder = await lifecycle.holder(engine, scan_id)
-        if owner_is_gone(holder):
+        if owner_is_gone(holder, me=worker):
             await lifecycle.release_dead(engine, scan_id, attempt, holder or "")
             continue
         await asyncio.sleep(limits.heartbeat_interval)

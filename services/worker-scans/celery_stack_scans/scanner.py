@@ -42,16 +42,16 @@ class ScanOptions:
     def from_settings(cls, settings: Settings) -> ScanOptions:
         return cls(
             fetch=FetchOptions(
-                guard=Guard.from_cidrs(settings.SCANNER_ALLOW_PRIVATE_CIDRS),
-                resolve_overrides=settings.SCANNER_RESOLVE,
-                ca_bundle=settings.SCANNER_CA_BUNDLE,
-                max_redirects=settings.SCANNER_MAX_REDIRECTS,
-                timeout=settings.SCANNER_TIMEOUT,
-                max_bytes=settings.SCANNER_MAX_BYTES,
-                user_agent=settings.SCANNER_USER_AGENT,
+                guard=Guard.from_cidrs(settings.scanner.allow_private_cidrs),
+                resolve_overrides=settings.scanner.resolve,
+                ca_bundle=settings.scanner.ca_bundle,
+                max_redirects=settings.scanner.max_redirects,
+                timeout=settings.scanner.timeout,
+                max_bytes=settings.scanner.max_bytes,
+                user_agent=settings.scanner.user_agent,
             ),
-            max_pages=settings.SCANNER_MAX_PAGES,
-            cert_warn_days=settings.SCANNER_CERT_WARN_DAYS,
+            max_pages=settings.scanner.max_pages,
+            cert_warn_days=settings.scanner.cert_warn_days,
         )
 
 

@@ -1,8 +1,9 @@
 """Celery tasks of the scans queue: a thin shell over run.run_scan.
 
 acks_late, reject_on_worker_lost and prefetch 1 come from the core Celery config, and the
-soft/hard time limits from SCANS_*TIME_LIMIT (annotations by queue). The scan's own deadline
-sits inside the soft limit so the scan fails cleanly before Celery has to interrupt it.
+soft/hard time limits from the scans queue's settings (SCANS_*TIME_LIMIT, annotations by
+queue). The scan's own deadline sits inside the soft limit so the scan fails cleanly before
+Celery has to interrupt it.
 """
 
 from __future__ import annotations
@@ -34,11 +35,11 @@ TRACE_HEADERS = ("traceparent", "tracestate")
 
 
 def limits() -> RunLimits:
-    soft = settings.SCANS_SOFT_TIME_LIMIT
+    soft = settings.queue("scans").soft_time_limit
     return RunLimits(
-        heartbeat_interval=settings.SCAN_HEARTBEAT_INTERVAL,
-        stale_after=settings.SCAN_HEARTBEAT_STALE,
-        max_deliveries=settings.SCAN_MAX_DELIVERIES,
+        heartbeat_interval=settings.scans.heartbeat_interval,
+        stale_after=settings.scans.heartbeat_stale,
+        max_deliveries=settings.scans.max_deliveries,
         deadline=max(1.0, soft - min(5.0, soft * 0.1)),
     )
 

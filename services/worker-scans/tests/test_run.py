@@ -272,14 +272,17 @@ def test_owner_is_gone_only_for_a_dead_process_on_this_machine():
     import socket
     import subprocess
 
-    from celery_stack_core.identity import boot_id
-    from celery_stack_scans.run import owner_is_gone
+    from celery_stack_core.identity import boot_id, owner_is_gone
 
     child = subprocess.Popen(["true"])
     child.wait()
     host, boot = socket.gethostname(), boot_id()
-    assert owner_is_gone(f"host:{host}:{child.pid}:{boot}")
-    assert not owner_is_gone(f"host:{host}:{os.getppid()}:{boot}")  # alive
-    assert not owner_is_gone(f"host:elsewhere:{child.pid}:{boot}")  # another machine
-    assert not owner_is_gone(f"host:{host}:{child.pid}:otherboot")  # before a reboot
-    assert not owner_is_gone(None) and not owner_is_gone("garbage")
+    me = f"host:{host}:{os.getpid()}:{boot}"
+    assert owner_is_gone(f"host:{host}:{child.pid}:{boot}", me=me)
+    assert not owner_is_gone(f"host:{host}:{os.getppid()}:{boot}", me=me)  # alive
+    assert not owner_is_gone(f"host:elsewhere:{child.pid}:{boot}", me=me)  # another machine
+    assert not owner_is_gone(f"host:{host}:{child.pid}:otherboot", me=me)  # before a reboot
+    assert not owner_is_gone(None, me=me) and not owner_is_gone("garbage", me=me)
+    pod = "pod:uid-1:1"
+    assert owner_is_gone(f"pod:uid-1:{child.pid}", me=pod)  # same pod
+    assert not owner_is_gone(f"pod:uid-2:{child.pid}", me=pod)  # another pod

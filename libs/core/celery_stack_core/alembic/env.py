@@ -16,7 +16,7 @@ target_metadata = Base.metadata
 
 
 def _url() -> str:
-    return config.get_main_option("sqlalchemy.url") or get_settings().DATABASE_URL
+    return config.get_main_option("sqlalchemy.url") or get_settings().stores.database_url
 
 
 def _run(connection: Connection) -> None:

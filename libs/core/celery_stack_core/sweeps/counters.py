@@ -34,7 +34,7 @@ async def current_batches(ctx: SweepContext) -> dict[str, str]:
     cursor = 0
     while True:
         cursor, names = await ctx.redis.scan(
-            cursor, match=BATCH_MATCH, count=ctx.settings.JANITOR_SCAN_COUNT
+            cursor, match=BATCH_MATCH, count=ctx.settings.janitor.scan_count
         )
         if names:
             for name, value in zip(names, await ctx.redis.mget(names), strict=True):
@@ -54,7 +54,7 @@ async def sweep_inflight(ctx: SweepContext, *, dry_run: bool) -> SweepReport:
         name = shard_name(key)
         since = await ctx.redis.get(key.replace(":batch", ":inflight_since"))
         age = now - int(since) / 1000 if since else float("inf")
-        if age < ctx.settings.JANITOR_INFLIGHT_MAX_AGE:
+        if age < ctx.settings.janitor.inflight_max_age:
             rec.skip("young", key)
         elif await ctx.redis.exists(keys.lock(f"flush:{name}")):
             rec.skip("flush_running", key)
@@ -75,9 +75,9 @@ async def sweep_inflight(ctx: SweepContext, *, dry_run: bool) -> SweepReport:
 async def sweep_claims(ctx: SweepContext, *, dry_run: bool) -> SweepReport:
     rec = Recorder(ctx, CLAIMS, dry_run=dry_run)
     s = ctx.settings
-    before_ms = int((time.time() - s.RECOUNT_CLAIM_TIMEOUT - s.JANITOR_CLAIM_GRACE) * 1000)
+    before_ms = int((time.time() - s.counters.recount_claim_timeout - s.janitor.claim_grace) * 1000)
     claimed = await ctx.redis.zrangebyscore(
-        keys.DIRTY_CLAIMED, "-inf", before_ms, start=0, num=s.JANITOR_MAX_KEYS, withscores=True
+        keys.DIRTY_CLAIMED, "-inf", before_ms, start=0, num=s.janitor.max_keys, withscores=True
     )
     rec.examined(len(claimed))
     script = ctx.redis.register_script(lua(__file__, "return_claim"))

@@ -63,11 +63,11 @@ async def list_tasks(
     examined = 0
     while True:
         cursor, names = await ctx.redis.scan(
-            cursor, match=f"{RESULT_PREFIX}*", count=ctx.settings.JANITOR_SCAN_COUNT
+            cursor, match=f"{RESULT_PREFIX}*", count=ctx.settings.janitor.scan_count
         )
         examined += len(names)
         items += await _describe(ctx, names, orphaned=orphaned, state=state)
-        if cursor == 0 or len(items) >= limit or examined >= ctx.settings.JANITOR_MAX_KEYS:
+        if cursor == 0 or len(items) >= limit or examined >= ctx.settings.janitor.max_keys:
             return items[:limit], cursor
 
 
@@ -107,14 +107,14 @@ async def result_summary(ctx: SweepContext) -> dict[str, Any]:
     cursor = 0
     while True:
         cursor, names = await ctx.redis.scan(
-            cursor, match=f"{RESULT_PREFIX}*", count=ctx.settings.JANITOR_SCAN_COUNT
+            cursor, match=f"{RESULT_PREFIX}*", count=ctx.settings.janitor.scan_count
         )
         for item in await _describe(ctx, names, orphaned=None, state=None):
             total += 1
             by_state[item["state"]] += 1
             no_ttl += item["ttl"] == -1
             orphans += item["orphaned"]
-        if cursor == 0 or total >= ctx.settings.JANITOR_MAX_KEYS or ctx.out_of_time():
+        if cursor == 0 or total >= ctx.settings.janitor.max_keys or ctx.out_of_time():
             break
     return {
         "total": total,

@@ -67,11 +67,11 @@ async def _expire_abandoned(engine: AsyncEngine, settings: Settings, kind: str) 
     dead = or_(
         and_(
             jobs.c.status == "running",
-            jobs.c.heartbeat_at < now - timedelta(seconds=settings.MAINTENANCE_TIME_LIMIT),
+            jobs.c.heartbeat_at < now - timedelta(seconds=settings.queue("maintenance").time_limit),
         ),
         and_(
             jobs.c.status == "queued",
-            jobs.c.created_at < now - timedelta(seconds=settings.CELERY_VISIBILITY_TIMEOUT),
+            jobs.c.created_at < now - timedelta(seconds=settings.celery.visibility_timeout),
         ),
     )
     async with engine.begin() as conn:

@@ -26,8 +26,8 @@ def in_cluster() -> bool:
 
 
 def namespace(settings: Settings) -> str:
-    if settings.JANITOR_NAMESPACE:
-        return settings.JANITOR_NAMESPACE
+    if settings.janitor.namespace:
+        return settings.janitor.namespace
     return (SA_DIR / "namespace").read_text().strip()
 
 

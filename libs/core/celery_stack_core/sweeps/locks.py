@@ -67,13 +67,13 @@ async def _read_locks(ctx: SweepContext, rec: Recorder) -> list[Seen]:
     cursor = 0
     while True:
         cursor, names = await ctx.redis.scan(
-            cursor, match=LOCK_MATCH, count=ctx.settings.JANITOR_SCAN_COUNT
+            cursor, match=LOCK_MATCH, count=ctx.settings.janitor.scan_count
         )
         rec.examined(len(names))
         if names:
             values = await ctx.redis.mget(names)
             seen += [(k, v) for k, v in zip(names, values, strict=True) if v is not None]
-        if cursor == 0 or rec.report.examined >= ctx.settings.JANITOR_MAX_KEYS:
+        if cursor == 0 or rec.report.examined >= ctx.settings.janitor.max_keys:
             rec.report.complete = cursor == 0
             break
     owners = {owner_of(v) for _, v in seen}
@@ -87,7 +87,7 @@ def verdict(ctx: SweepContext, seen: Seen, pods: frozenset[str] | None) -> Verdi
     return judge(
         parse_owner(seen.owner),
         silence=seen.silence,
-        grace=ctx.settings.JANITOR_LOCK_GRACE,
+        grace=ctx.settings.janitor.lock_grace,
         pods=pods,
     )
 
@@ -113,10 +113,10 @@ async def _drop_owners(
     cursor, names = 0, []
     while True:
         cursor, batch = await ctx.redis.scan(
-            cursor, match=OWNER_SET_MATCH, count=ctx.settings.JANITOR_SCAN_COUNT
+            cursor, match=OWNER_SET_MATCH, count=ctx.settings.janitor.scan_count
         )
         names += batch
-        if cursor == 0 or len(names) >= ctx.settings.JANITOR_MAX_KEYS:
+        if cursor == 0 or len(names) >= ctx.settings.janitor.max_keys:
             break
     prefix, suffix = keys.owner_locks("").split("::")
     owners = {n[len(prefix) + 1 : -len(suffix) - 1] for n in names}
@@ -127,7 +127,7 @@ async def _drop_owners(
         v = judge(
             parse_owner(owner),
             silence=quiet[owner],
-            grace=ctx.settings.JANITOR_LOCK_GRACE,
+            grace=ctx.settings.janitor.lock_grace,
             pods=pods,
         )
         if not v.gone:

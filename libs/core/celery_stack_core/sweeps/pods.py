@@ -22,7 +22,7 @@ async def _owned_locks(ctx: SweepContext, pod_uid: str) -> list[locks.Seen]:
         cursor, sets = await ctx.redis.scan(
             cursor,
             match=keys.owner_locks(f"pod:{pod_uid}:*"),
-            count=ctx.settings.JANITOR_SCAN_COUNT,
+            count=ctx.settings.janitor.scan_count,
         )
         for owner_set in sets:
             for lock in sorted(await ctx.redis.smembers(owner_set)):

@@ -37,7 +37,7 @@ async def _plan(ctx: SweepContext, keys: list[str]) -> list[Action]:
         if ref.row_id is not None and ref.row_id not in alive:
             plan.append(Action("delete", key, (("row", ref.kind),)))
         elif ttl == -1:
-            plan.append(Action("expire", key, (("ttl", ctx.settings.CELERY_RESULT_EXPIRES),)))
+            plan.append(Action("expire", key, (("ttl", ctx.settings.celery.result_expires),)))
     return plan
 
 
@@ -51,7 +51,7 @@ async def _execute(ctx: SweepContext, rec: Recorder, plan: list[Action]) -> None
         if action.action == "delete":
             pipe.unlink(action.target)
         else:
-            pipe.expire(action.target, ctx.settings.CELERY_RESULT_EXPIRES, nx=True)
+            pipe.expire(action.target, ctx.settings.celery.result_expires, nx=True)
     for action, ok in zip(plan, await pipe.execute(), strict=True):
         if ok:
             rec.done(action)
@@ -62,10 +62,10 @@ async def _execute(ctx: SweepContext, rec: Recorder, plan: list[Action]) -> None
 async def sweep(ctx: SweepContext, *, dry_run: bool) -> SweepReport:
     rec = Recorder(ctx, NAME, dry_run=dry_run)
     cursor = await load_cursor(ctx, NAME)
-    budget = ctx.settings.JANITOR_MAX_KEYS
+    budget = ctx.settings.janitor.max_keys
     while True:
         cursor, keys = await ctx.redis.scan(
-            cursor, match=f"{RESULT_PREFIX}*", count=ctx.settings.JANITOR_SCAN_COUNT
+            cursor, match=f"{RESULT_PREFIX}*", count=ctx.settings.janitor.scan_count
         )
         rec.examined(len(keys))
         if keys:

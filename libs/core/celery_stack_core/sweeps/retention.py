@@ -47,10 +47,10 @@ def _parts(
     s = ctx.settings
     old_finished = select(scans.c.id).where(
         scans.c.status.in_(TERMINAL_STATUSES),
-        scans.c.finished_at < _ago(s.RETENTION_FINDINGS_DAYS),
+        scans.c.finished_at < _ago(s.janitor.retention_findings_days),
     )
     ledger_old = select(ledger.c.batch_id).where(
-        ledger.c.applied_at < _ago(s.RETENTION_LEDGER_DAYS)
+        ledger.c.applied_at < _ago(s.janitor.retention_ledger_days)
     )
     if live_batches:
         ledger_old = ledger_old.where(ledger.c.batch_id.not_in(live_batches))
@@ -58,12 +58,13 @@ def _parts(
         "findings": (findings, select(findings.c.id).where(findings.c.scan_id.in_(old_finished))),
         "outbox": (
             outbox,
-            select(outbox.c.id).where(outbox.c.sent_at < _ago(s.RETENTION_OUTBOX_DAYS)),
+            select(outbox.c.id).where(outbox.c.sent_at < _ago(s.janitor.retention_outbox_days)),
         ),
         "dead-scans": (
             scans,
             select(scans.c.id).where(
-                scans.c.status == "dead", scans.c.finished_at < _ago(s.RETENTION_DEAD_SCANS_DAYS)
+                scans.c.status == "dead",
+                scans.c.finished_at < _ago(s.janitor.retention_dead_scans_days),
             ),
         ),
         "ledger": (ledger, ledger_old),
@@ -80,8 +81,8 @@ async def _purge(
     ctx: SweepContext, table: Table, eligible: Select[Any], on_batch: Callable[[int], None]
 ) -> None:
     key = next(iter(table.primary_key.columns))
-    size = ctx.settings.JANITOR_BATCH_SIZE
-    for _ in range(ctx.settings.JANITOR_MAX_BATCHES):
+    size = ctx.settings.janitor.batch_size
+    for _ in range(ctx.settings.janitor.max_batches):
         async with ctx.engine.begin() as conn:
             res = await conn.execute(
                 delete(table).where(key.in_(eligible.limit(size).scalar_subquery()))
@@ -96,7 +97,7 @@ async def _purge(
 async def sweep(ctx: SweepContext, *, dry_run: bool) -> SweepReport:
     rec = Recorder(ctx, NAME, dry_run=dry_run)
     live = [uuid.UUID(b) for b in (await current_batches(ctx)).values()]
-    bound = ctx.settings.JANITOR_BATCH_SIZE * ctx.settings.JANITOR_MAX_BATCHES
+    bound = ctx.settings.janitor.batch_size * ctx.settings.janitor.max_batches
     for part, (table, eligible) in _parts(ctx, live).items():
         action = Action("purge", part)
         if dry_run:

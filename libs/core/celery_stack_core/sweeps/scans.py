@@ -55,7 +55,7 @@ async def running_scans(
         )
         .where(scans.c.status == "running")
         .order_by(scans.c.heartbeat_at.asc().nulls_first())
-        .limit(ctx.settings.JANITOR_BATCH_SIZE)
+        .limit(ctx.settings.janitor.batch_size)
     )
     if worker_like:
         stmt = stmt.where(scans.c.worker.like(worker_like))
@@ -79,7 +79,7 @@ async def running_scans(
 
 def plan_for(ctx: SweepContext, scan: Running) -> Action:
     target = str(scan.id)
-    if scan.deliveries >= ctx.settings.SCAN_MAX_DELIVERIES:
+    if scan.deliveries >= ctx.settings.scans.max_deliveries:
         return Action("dead", target, (("attempt", scan.attempt), ("worker", scan.worker)))
     return Action("requeue", target, (("attempt", scan.attempt + 1), ("worker", scan.worker)))
 
@@ -144,7 +144,7 @@ async def settle(ctx: SweepContext, rec: Recorder, found: list[tuple[Running, Ve
 
 async def sweep(ctx: SweepContext, *, dry_run: bool) -> SweepReport:
     rec = Recorder(ctx, NAME, dry_run=dry_run)
-    stale = ctx.settings.SCAN_HEARTBEAT_STALE + ctx.settings.JANITOR_STUCK_SCAN_GRACE
+    stale = ctx.settings.scans.heartbeat_stale + ctx.settings.janitor.stuck_scan_grace
     found = await running_scans(ctx, stale_after=stale)
     rec.examined(len(found))
     pods = await ctx.pods()  # after the rows were read: see owners.py

@@ -19,12 +19,12 @@ rows = Outbox.__table__
 
 async def sweep(ctx: SweepContext, *, dry_run: bool) -> SweepReport:
     rec = Recorder(ctx, NAME, dry_run=dry_run)
-    cutoff = func.now() - timedelta(seconds=ctx.settings.JANITOR_OUTBOX_MAX_AGE)
+    cutoff = func.now() - timedelta(seconds=ctx.settings.janitor.outbox_max_age)
     old = (
         select(rows.c.id, rows.c.task_id)
         .where(rows.c.sent_at.is_(None), rows.c.created_at < cutoff)
         .order_by(rows.c.created_at)
-        .limit(ctx.settings.JANITOR_BATCH_SIZE)
+        .limit(ctx.settings.janitor.batch_size)
     )
     async with ctx.engine.connect() as conn:
         planned = (await conn.execute(old)).all()

@@ -48,7 +48,7 @@ def _context(state: AppState, *, deadline: float | None = None) -> SweepContext:
 
 @router.get("/status")
 async def read_status(*, state: StateDep, _: AdminOnly) -> dict[str, Any]:
-    deadline = time.monotonic() + state.settings.JANITOR_DRY_RUN_TIMEOUT
+    deadline = time.monotonic() + state.settings.janitor.dry_run_timeout
     return await views.status(_context(state, deadline=deadline))
 
 
@@ -76,7 +76,7 @@ async def cleanup(
     *, kind: Kind, state: StateDep, principal: AdminOnly, response: Response, dry_run: bool = True
 ) -> dict[str, Any]:
     if dry_run:
-        deadline = time.monotonic() + state.settings.JANITOR_DRY_RUN_TIMEOUT
+        deadline = time.monotonic() + state.settings.janitor.dry_run_timeout
         reports = await sweeps.run(
             _context(state, deadline=deadline), list(sweeps.KINDS[kind]), dry_run=True
         )

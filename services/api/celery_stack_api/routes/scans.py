@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
 from pydantic import BaseModel, Field, field_validator
@@ -11,10 +11,10 @@ from pydantic import BaseModel, Field, field_validator
 from celery_stack_api import scans
 from celery_stack_api.auth import Principal
 from celery_stack_api.deps import ActingUser, StateDep, UserDep
+from celery_stack_core.models import ScanStatus
 from celery_stack_core.scan_spec import InvalidDomain, ScanConfig, normalize_domain
 
 router = APIRouter(prefix="/api/v1/scans", tags=["scans"])
-Status = Literal["queued", "running", "succeeded", "failed", "cancelled", "dead"]
 IdempotencyKey = Annotated[
     str | None,
     Header(
@@ -83,7 +83,7 @@ async def read_scans(
     user: ActingUser,
     state: StateDep,
     principal: UserDep,
-    status_filter: Annotated[Status | None, Query(alias="status")] = None,
+    status_filter: Annotated[ScanStatus | None, Query(alias="status")] = None,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 50,
 ) -> dict[str, Any]:
