@@ -388,6 +388,13 @@ class JanitorSettings(_Group):
     operator_health_port: int = Field(
         default=8080, ge=0, le=65535, validation_alias="JANITOR_OPERATOR_HEALTH_PORT"
     )
+    # Seconds between the operator's status updates of each JanitorPolicy (last schedule, run).
+    operator_status_interval: float = Field(
+        default=30.0, gt=0, validation_alias="JANITOR_OPERATOR_STATUS_INTERVAL"
+    )
+    # Set by the operator on each JanitorPolicy's CronJob: the sweep keeps its last report in
+    # Redis under this policy's name, and the operator copies it into the policy's status.
+    policy: str = Field(default="", validation_alias="JANITOR_POLICY")
     operator_pod_selector: str = Field(
         default="app.kubernetes.io/name=celery-stack",
         validation_alias="JANITOR_OPERATOR_POD_SELECTOR",

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import time
 from collections.abc import Coroutine
 from typing import Annotated, Any, TypeVar
 
@@ -28,7 +29,9 @@ from rich.table import Table
 from celery_stack_core import sweeps
 from celery_stack_core.config import get_settings
 from celery_stack_core.sweeps import inspect as views
+from celery_stack_core.sweeps import reports as policy_reports
 from celery_stack_core.sweeps.base import SweepReport
+from celery_stack_core.sweeps.jobs import totals
 from celery_stack_core.worker import worker_main
 from celery_stack_janitor.context import sweep_context
 from celery_stack_janitor.settings import load_local_run_env
@@ -135,7 +138,11 @@ def sweep(
     async def go() -> list[SweepReport]:
         async with sweep_context(get_settings()) as ctx:
             if as_json or not console.is_terminal:
-                return await sweeps.run(ctx, names, dry_run=dry_run)
+                reports = await sweeps.run(ctx, names, dry_run=dry_run)
+                if ctx.settings.janitor.policy:  # a JanitorPolicy's CronJob: for its status
+                    summary = {"dry_run": dry_run, "finished_at": time.time(), **totals(reports)}
+                    await policy_reports.save(ctx.redis, ctx.settings.janitor.policy, summary)
+                return reports
             with Progress(console=console, transient=True) as bar:
                 task = bar.add_task("sweeping", total=len(names))
 
