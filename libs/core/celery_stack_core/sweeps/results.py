@@ -4,8 +4,9 @@ result keys without a TTL (they get CELERY_RESULT_EXPIRES).
 SCAN in steps of JANITOR_SCAN_COUNT (scan_results.lua: the step and the TTLs in one call, packed
 replies) and one indexed query per table per step; never KEYS, never a query per key. A key is
 deleted only when its id names a row (taskids.py) and that row does not exist: rows are never
-re-created with an old id (uuid4), so a result found orphaned stays orphaned. Real runs UNLINK / EXPIRE ... NX (apply_results.lua),
-which are no-ops on a key that vanished or got a TTL since it was read.
+re-created with an old id (uuid4), so a result found orphaned stays orphaned. Real runs UNLINK /
+EXPIRE ... NX (apply_results.lua), which are no-ops on a key that vanished or got a TTL since it
+was read.
 """
 
 from __future__ import annotations
