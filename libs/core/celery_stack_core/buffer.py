@@ -16,10 +16,15 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from celery_stack_core import keys
 from celery_stack_core.lua import lua
 from celery_stack_core.targets import TARGETS, TargetType
+from celery_stack_core.tracing import current_traceparent
 
 
 def shard_keys(target: TargetType, field: str, target_id: int, shards: int) -> keys.ShardKeys:
     return keys.ShardKeys(target, field, keys.shard_of(target_id, shards))
+
+
+# Traceparents kept per shard for the flush's span links: a sample, not every view.
+MAX_TRACE_LINKS = 32
 
 
 async def increment(
@@ -32,16 +37,22 @@ async def increment(
     delta: int = 1,
     viewer: str | None = None,
 ) -> None:
-    """Buffer `delta` for one id in one round trip (plus the viewer in its HyperLogLog)."""
+    """Buffer `delta` for one id in one round trip (plus the viewer in its HyperLogLog, and the
+    request's traceparent for the flush's span links when it is traced)."""
     sk = shard_keys(target, field, target_id, shards)
     script = redis.register_script(lua(__file__, "counter_ingest"))
     now_ms = int(time.time() * 1000)
-    if viewer is None:
+    traceparent = current_traceparent()
+    if viewer is None and traceparent is None:
         await script(keys=[sk.live, sk.live_since], args=[target_id, delta, now_ms])
         return
     async with redis.pipeline(transaction=False) as pipe:
         await script(keys=[sk.live, sk.live_since], args=[target_id, delta, now_ms], client=pipe)
-        pipe.pfadd(keys.unique_viewers(target, target_id), viewer)
+        if viewer is not None:
+            pipe.pfadd(keys.unique_viewers(target, target_id), viewer)
+        if traceparent is not None:
+            pipe.lpush(sk.trace_links, traceparent)
+            pipe.ltrim(sk.trace_links, 0, MAX_TRACE_LINKS - 1)
         await pipe.execute()
 
 
@@ -86,3 +97,21 @@ async def unique_viewers(redis: aioredis.Redis, target: TargetType, target_id: i
 async def mark_dirty(redis: aioredis.Redis, target: TargetType, target_id: int) -> None:
     """Ask for a recount of `target_id`'s action counts; call after the action has committed."""
     await redis.sadd(keys.DIRTY, f"{target}:{target_id}")
+
+
+async def oldest_pending_ms(redis: aioredis.Redis, *, shards: int) -> dict[str, int | None]:
+    """Per counter (`target:field`), when its oldest increment not yet applied to PostgreSQL was
+    buffered (ms), live or in flight; None for a counter with nothing buffered. One MGET."""
+    from celery_stack_core.targets import BUFFERED
+
+    shard_list = [keys.ShardKeys(t, f, n) for t, f in BUFFERED for n in range(shards)]
+    names = [k for sk in shard_list for k in (sk.live_since, sk.inflight_since)]
+    values = await redis.mget(names)
+    oldest: dict[str, int | None] = {f"{t}:{f}": None for t, f in BUFFERED}
+    for i, sk in enumerate(shard_list):
+        counter = f"{sk.target}:{sk.field}"
+        for raw in values[2 * i : 2 * i + 2]:
+            if raw:
+                seen = oldest[counter]
+                oldest[counter] = int(raw) if seen is None else min(seen, int(raw))
+    return oldest

@@ -90,9 +90,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_soft_shutdown_timeout": settings.celery.soft_shutdown_timeout,
         "worker_enable_soft_shutdown_on_idle": True,
         "worker_hijack_root_logger": False,
-        # Task events for celery-exporter's generic metrics.
-        "worker_send_task_events": True,
-        "task_send_sent_event": True,
+        # Task events only for a consumer of them (Flower): our metrics come from signals.
+        "worker_send_task_events": settings.celery.task_events,
+        "task_send_sent_event": settings.celery.task_events,
     }
 
 

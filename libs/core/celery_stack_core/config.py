@@ -106,6 +106,10 @@ class CelerySettings(_Group):
     soft_shutdown_timeout: float = Field(
         default=20.0, ge=0, validation_alias="CELERY_SOFT_SHUTDOWN_TIMEOUT"
     )
+    # Send Celery's task events (sent, received, started, succeeded) to the broker, for Flower
+    # or an event-based exporter; our task metrics come from signals and need none (the chart
+    # turns this on with flower.enabled; bench/bench_metrics.py measures what they cost).
+    task_events: bool = Field(default=False, validation_alias="CELERY_TASK_EVENTS")
 
 
 class QueueSettings(BaseModel):

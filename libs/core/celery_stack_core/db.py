@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext import asyncio as sa_asyncio
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from celery_stack_core.config import Settings
 
 
 def make_engine(settings: Settings, *, pool_size: int | None = None) -> AsyncEngine:
-    return create_async_engine(
+    # Looked up when called: OpenTelemetry's SQLAlchemy instrumentation wraps
+    # create_async_engine after this module is imported, and a name bound at import would
+    # bypass it (each statement untraced, only the connects).
+    return sa_asyncio.create_async_engine(
         settings.stores.database_url,
         pool_size=pool_size or settings.stores.database_pool_size,
         max_overflow=2,

@@ -50,6 +50,11 @@ class ShardKeys:
         return self._k("inflight_since")
 
     @property
+    def trace_links(self) -> str:
+        # list of W3C traceparents of recent traced increments; the flush links its span to them
+        return self._k("trace_links")
+
+    @property
     def lease(self) -> str:
         return f"flush:{self.name}"
 

@@ -1,26 +1,41 @@
-"""Every Prometheus metric of ours, declared in one place (names `celery_stack_*`).
+"""Every Prometheus metric of ours, declared in one place, and how each process exposes them.
 
-Celery's generic task metrics come from celery-exporter (task events are on); these are what
-only we know. Prefork workers run in multiprocess mode: PROMETHEUS_MULTIPROC_DIR must be set
-before this module is imported, and each gauge says how its per-process values combine.
+- `celery_stack_*`: what only we know (flush lag, outbox age, leader epoch, ...).
+- `celery_*`: Celery's generic task metrics under celery-exporter's names and labels (`name`,
+  `queue_name`, `hostname`), collected in-process from Celery signals (celery_metrics.py): the
+  bench (bench/bench_metrics.py) measured that cheaper per task than consuming task events.
+
+Each process exposes only its own families (ROLE_FAMILIES): the API does not show `beat_epoch 0`.
+Prefork workers run in multiprocess mode: PROMETHEUS_MULTIPROC_DIR must be set before this
+module is imported, and each gauge says how its per-process values combine.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
+    REGISTRY,
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
+    disable_created_metrics,
     generate_latest,
     multiprocess,
-    start_http_server,
 )
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 NS = "celery_stack"
+# No `*_created` series: nothing here reads them, and they double every counter's series.
+disable_created_metrics()
 
 # --- counters: ingest (api) -------------------------------------------------------------------
 INCREMENTS = Counter(
@@ -76,7 +91,7 @@ DRIFT = Counter(
 )
 TASK_FAILURES = Counter(f"{NS}_task_failures", "Our tasks that raised, by task name.", ["task"])
 
-# --- scans ---------------------------------------------------------------------------------------
+# --- scans (begin) ----------------------------------------------------------------------------
 SCANS_CREATED = Counter(f"{NS}_scans_created", "Scans created through the API.")
 SCANS_FINISHED = Counter(
     f"{NS}_scans_finished",
@@ -131,6 +146,7 @@ OUTBOX_OLDEST_AGE = Gauge(
     "Age of the oldest unsent outbox row, at the last relay run.",
     multiprocess_mode="max",
 )
+# --- scans (end) ------------------------------------------------------------------------------
 
 # --- janitor (begin) -------------------------------------------------------------------------
 JANITOR_FOUND = Counter(
@@ -202,29 +218,217 @@ BEAT_LAST_TICK = Gauge(
 )
 
 
+# --- counters: scrape-time view of the buffer (api) ----------------------------------------------
+# Read from Redis when the API is scraped, so the flush-lag alert still fires while no flusher
+# runs at all (the flusher's own FLUSH_LAG gauge goes away with it).
+PENDING_AGE_NAME = f"{NS}_counter_pending_age_seconds"
+PENDING_AGE_HELP = (
+    "Age of the oldest increment buffered in Redis and not yet applied (live or in flight), "
+    "read from Redis at scrape time."
+)
+
+# --- HTTP (api) ---------------------------------------------------------------------------------
+HTTP_REQUESTS = Counter(
+    f"{NS}_http_requests",
+    "HTTP requests answered, by route template, method and status class (2xx, 4xx, 5xx).",
+    ["route", "method", "code"],
+)
+HTTP_DURATION = Histogram(
+    f"{NS}_http_request_duration_seconds",
+    "Time to answer an HTTP request, by route template.",
+    ["route"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+
+# --- Celery generic (celery-exporter's names and labels) --------------------------------------
+# Labels are bounded: `name` is a task registered on the app (else "other"), `queue_name` a
+# configured queue (else "other"), `hostname` the worker's node name (one per replica).
+# Histograms carry no hostname: buckets x replicas is where cardinality explodes.
+_TASK = ["name", "queue_name", "hostname"]
+TASK_SENT = Counter("celery_task_sent", "Tasks published by this process.", _TASK)
+TASK_RECEIVED = Counter("celery_task_received", "Tasks a worker took off its queue.", _TASK)
+TASK_STARTED = Counter("celery_task_started", "Tasks a worker process started running.", _TASK)
+TASK_SUCCEEDED = Counter("celery_task_succeeded", "Tasks that returned normally.", _TASK)
+TASK_FAILED = Counter(
+    "celery_task_failed", "Tasks that raised, by exception class.", [*_TASK, "exception"]
+)
+TASK_RETRIED = Counter("celery_task_retried", "Tasks that asked to be retried.", _TASK)
+TASK_REJECTED = Counter(
+    "celery_task_rejected", "Messages a worker rejected (unknown task, bad payload).", _TASK
+)
+TASK_REVOKED = Counter("celery_task_revoked", "Tasks revoked or expired before they ran.", _TASK)
+TASK_RUNTIME = Histogram(
+    "celery_task_runtime",
+    "Seconds a task ran in the worker process (prerun to postrun).",
+    ["name", "queue_name"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+)
+TASK_QUEUE_WAIT = Histogram(
+    "celery_task_queue_wait",
+    "Seconds from a task's publish to a worker process starting it (queue wait + prefetch).",
+    ["name", "queue_name"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900),
+)
+TASKS_ACTIVE = Gauge(
+    "celery_worker_tasks_active",
+    "Tasks running in this worker's processes now.",
+    ["hostname", "queue_name"],
+    multiprocess_mode="livesum",
+)
+# Read at scrape time from the broker and the worker's heartbeat (celery_metrics.py).
+QUEUE_LENGTH_NAME = "celery_queue_length"
+UNACKED_NAME = f"{NS}_queue_unacked_messages"
+WORKER_UP_NAME = "celery_worker_up"
+WORKER_CONSUMING_NAME = f"{NS}_worker_consuming"
+
+# --- which process exposes what -----------------------------------------------------------------
+# A family is exposed by a process whose role lists a prefix of its name. Prefixes, not a list of
+# objects, so a family added later under an owned prefix is exposed without touching this table.
+_PROCESS = ("process_", "python_")
+_CELERY_PUBLISH = ("celery_task_sent",)
+_CELERY_WORKER = (
+    "celery_task_",
+    "celery_worker_",
+    QUEUE_LENGTH_NAME,
+    UNACKED_NAME,
+    WORKER_CONSUMING_NAME,
+    f"{NS}_task_failures",
+    f"{NS}_task_duplicates_refused",
+)
+_JANITOR = (f"{NS}_janitor_", f"{NS}_locks_")
+ROLE_FAMILIES: dict[str, tuple[str, ...]] = {
+    "api": (
+        *_PROCESS,
+        *_CELERY_PUBLISH,
+        f"{NS}_http_",
+        f"{NS}_counter_increments",
+        f"{NS}_counter_db_fallbacks",
+        PENDING_AGE_NAME,
+        f"{NS}_user_actions",
+        f"{NS}_dirty_mark_failures",
+        f"{NS}_scans_created",
+        f"{NS}_scans_finished",
+        f"{NS}_outbox_sent",
+        f"{NS}_outbox_publish_failures",
+    ),
+    "worker-counters": (
+        *_PROCESS,
+        *_CELERY_WORKER,
+        f"{NS}_flush_",
+        f"{NS}_counter_buffered_entries",
+        f"{NS}_recount",
+    ),
+    "worker-scans": (
+        *_PROCESS,
+        *_CELERY_WORKER,
+        f"{NS}_scans_finished",
+        f"{NS}_scans_dead",
+        f"{NS}_scan_",
+        f"{NS}_scanner_",
+    ),
+    "worker-maintenance": (
+        *_PROCESS,
+        *_CELERY_WORKER,
+        *_JANITOR,
+        f"{NS}_outbox_",
+        f"{NS}_scans_by_status",
+        f"{NS}_rule_",
+    ),
+    "beat": (*_PROCESS, *_CELERY_PUBLISH, f"{NS}_beat_"),
+    "janitor": (*_PROCESS, *_JANITOR),
+}
+
+
+def role_of_worker(queue: str) -> str:
+    return f"worker-{queue}"
+
+
+def prefixes_of(role: str) -> tuple[str, ...]:
+    """A role's family prefixes; a worker of a queue added through values only (not listed
+    here) gets the generic Celery families."""
+    if role in ROLE_FAMILIES:
+        return ROLE_FAMILIES[role]
+    if role.startswith("worker-"):
+        return (*_PROCESS, *_CELERY_WORKER)
+    raise KeyError(f"no metrics role {role!r}: one of {sorted(ROLE_FAMILIES)} or worker-<queue>")
+
+
 def multiprocess_enabled() -> bool:
     return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 
 
-def registry() -> CollectorRegistry:
-    """The registry to expose: a multiprocess collector over all children, or the default."""
-    if multiprocess_enabled():
-        reg = CollectorRegistry()
-        multiprocess.MultiProcessCollector(reg)
-        return reg
-    from prometheus_client import REGISTRY
+class RoleCollector(Collector):
+    """The families of one role, from this process (or from every prefork child's files), plus
+    the role's scrape-time collectors."""
 
-    return REGISTRY
+    def __init__(self, role: str, extra: Iterable[Collector] = ()) -> None:
+        self.prefixes = prefixes_of(role)
+        self.extra = list(extra)
+        self.source: Any = REGISTRY
+        if multiprocess_enabled():
+            self.source = CollectorRegistry()
+            multiprocess.MultiProcessCollector(self.source)
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self.source.collect():
+            if family.name.startswith(self.prefixes):
+                yield family
+        for collector in self.extra:
+            yield from collector.collect()
 
 
-def render() -> tuple[bytes, str]:
-    return generate_latest(registry()), CONTENT_TYPE_LATEST
+def registry(role: str, extra: Iterable[Collector] = ()) -> CollectorRegistry:
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(RoleCollector(role, extra))
+    return reg
 
 
-def serve(port: int) -> None:
-    """Expose /metrics on `port` from this process (workers' and beat's parent process)."""
-    if port:
-        start_http_server(port, registry=registry())
+def render(reg: CollectorRegistry) -> tuple[bytes, str]:
+    return generate_latest(reg), CONTENT_TYPE_LATEST
+
+
+Check = Callable[[], tuple[bool, dict[str, Any]]]
+
+
+class _Handler(BaseHTTPRequestHandler):
+    registry: CollectorRegistry
+    checks: dict[str, Check]
+
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0]
+        if path == "/metrics":
+            body, ctype = render(self.registry)
+            self._reply(200, body, ctype)
+        elif path in self.checks:
+            ok, detail = self.checks[path]()
+            body = json.dumps({"ok": ok, **detail}).encode()
+            self._reply(200 if ok else 503, body, "application/json")
+        else:
+            self._reply(404, b'{"error": "not found"}', "application/json")
+
+    def _reply(self, code: int, body: bytes, ctype: str) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return None
+
+
+def serve(
+    port: int, reg: CollectorRegistry, checks: dict[str, Check]
+) -> ThreadingHTTPServer | None:
+    """Serve /metrics and the given checks (`/healthz`, `/readyz`) on `port` from a daemon
+    thread; any other path is 404. None when port is 0."""
+    if not port:
+        return None
+    handler = type("Handler", (_Handler,), {"registry": reg, "checks": dict(checks)})
+    server = ThreadingHTTPServer(("0.0.0.0", port), handler)  # noqa: S104 - scrapes and probes
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
+    return server
 
 
 def mark_process_dead(pid: int) -> None:

@@ -7,6 +7,7 @@ outbox rows, so one trace runs from the HTTP request through the queue to SQL.
 from __future__ import annotations
 
 from opentelemetry import propagate, trace
+from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -49,6 +50,29 @@ def flush_tracing() -> None:
         provider.force_flush(timeout_millis=5000)
 
 
+def tracing_active() -> bool:
+    """An SDK tracer provider is installed (tracing configured, or a test's in-memory one)."""
+    return isinstance(trace.get_tracer_provider(), TracerProvider)
+
+
+def current_traceparent() -> str | None:
+    """The W3C traceparent of the recording span in this context, else None."""
+    span = trace.get_current_span()
+    if not span.is_recording():
+        return None
+    return inject_context().get("traceparent")
+
+
+def links_from(traceparents: list[str]) -> list[trace.Link]:
+    """Span links to the given W3C traceparents (unparsable ones are left out)."""
+    out = []
+    for tp in traceparents:
+        ctx = trace.get_current_span(extract_context({"traceparent": tp})).get_span_context()
+        if ctx.is_valid:
+            out.append(trace.Link(ctx))
+    return out
+
+
 def inject_context() -> dict[str, str]:
     """The current trace context as W3C headers, to store with a message (outbox rows)."""
     carrier: dict[str, str] = {}
@@ -56,5 +80,5 @@ def inject_context() -> dict[str, str]:
     return carrier
 
 
-def extract_context(carrier: dict[str, str] | None) -> object:
+def extract_context(carrier: dict[str, str] | None) -> Context:
     return propagate.extract(carrier or {})

@@ -21,9 +21,12 @@ from celery_stack_core import liveness
 from celery_stack_core.config import Settings, get_settings
 from celery_stack_core.logs import configure_logging
 from celery_stack_core.queues import spec
+from celery_stack_core.redis_client import make_redis
 from celery_stack_core.tracing import flush_tracing, setup_tracing
 
 log = logging.getLogger(__name__)
+# /healthz fails past this many heartbeat intervals (12 x 5 s = the chart's 60 s liveness age).
+LIVENESS_FACTOR = 12
 
 
 def prepare_multiproc_dir(settings: Settings) -> None:
@@ -38,8 +41,12 @@ def prepare_multiproc_dir(settings: Settings) -> None:
 
 
 def install_hooks(app: Celery, settings: Settings, service: str) -> None:
+    # Imported here: prometheus_client must see PROMETHEUS_MULTIPROC_DIR, set by the entrypoint.
+    from celery_stack_core import celery_metrics
+
     obs = settings.observability
     liveness.install(app, obs.worker_heartbeat_file, obs.worker_heartbeat_interval)
+    celery_metrics.install_worker()
 
     @signals.setup_logging.connect(weak=False)
     def _logging(**_: Any) -> None:
@@ -47,9 +54,7 @@ def install_hooks(app: Celery, settings: Settings, service: str) -> None:
 
     @signals.worker_init.connect(weak=False)
     def _metrics(**_: Any) -> None:
-        from celery_stack_core import metrics
-
-        metrics.serve(settings.observability.metrics_port)
+        serve_worker_metrics(app, settings, service)
 
     @signals.worker_process_init.connect(weak=False)
     def _child(**_: Any) -> None:
@@ -62,11 +67,39 @@ def install_hooks(app: Celery, settings: Settings, service: str) -> None:
         metrics.mark_process_dead(pid or os.getpid())
         flush_tracing()
 
-    @signals.task_failure.connect(weak=False)
-    def _failed(sender: Any = None, **_: Any) -> None:
-        from celery_stack_core import metrics
 
-        metrics.TASK_FAILURES.labels(getattr(sender, "name", "unknown")).inc()
+def serve_worker_metrics(app: Celery, settings: Settings, service: str) -> None:
+    """The worker's port: /metrics (this queue's families), /healthz (not wedged: the consuming
+    heartbeat is younger than LIVENESS_FACTOR intervals), /readyz (consuming now: as fresh as the
+    chart's readiness probe asks), anything else 404."""
+    from celery_stack_core import celery_metrics, metrics
+
+    obs = settings.observability
+    interval = obs.worker_heartbeat_interval
+    ready_within = max(3 * interval, 15.0)
+    alive_within = LIVENESS_FACTOR * interval
+    queue = service.removeprefix("worker-")
+    consumed = settings.queue(queue).queues or [queue]
+    celery_metrics.note_queues(consumed)
+    broker = celery_metrics.BrokerCollector(
+        make_redis(settings, settings.broker_url),
+        consumed,
+        dict(app.conf.broker_transport_options or {}),
+        heartbeat_file=obs.worker_heartbeat_file,
+        fresh_within=ready_within,
+    )
+    reg = metrics.registry(metrics.role_of_worker(queue), [broker])
+
+    def check(within: float) -> metrics.Check:
+        def run() -> tuple[bool, dict[str, Any]]:
+            age = liveness.heartbeat_age(obs.worker_heartbeat_file)
+            return age <= within, {"heartbeat_age": round(min(age, 1e9), 3), "max_age": within}
+
+        return run
+
+    metrics.serve(
+        obs.metrics_port, reg, {"/healthz": check(alive_within), "/readyz": check(ready_within)}
+    )
 
 
 # Worker options the registry and the settings own: given in argv they would silently win

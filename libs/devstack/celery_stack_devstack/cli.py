@@ -17,12 +17,17 @@ def run(
     metrics_port_base: int = typer.Option(
         9808, help="Metrics ports of workers and beat: this one and the next four."
     ),
+    prometheus: bool = typer.Option(
+        False, "--prometheus", help="Also start Prometheus (Debian's, `make tools`) on :9090."
+    ),
 ) -> None:
     """Start PostgreSQL and Redis (unless DATABASE_URL / REDIS_URL are set), migrate, run all."""
     from celery_stack_devstack.processes import Ports
     from celery_stack_devstack.run import main
 
-    raise typer.Exit(main(run_dir, Ports(api_port, demo_port, metrics_port_base)))
+    raise typer.Exit(
+        main(run_dir, Ports(api_port, demo_port, metrics_port_base), prometheus=prometheus)
+    )
 
 
 @app.command()

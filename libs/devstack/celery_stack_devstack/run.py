@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from celery_stack_core.migrate import upgrade
+from celery_stack_devstack import prometheus_local
 from celery_stack_devstack.processes import Ports, Proc, local_stack
 from celery_stack_devstack.servers import PostgresServer, RedisServer, free_port
 
@@ -53,7 +54,9 @@ async def _ensure_database(url: str) -> None:
         await conn.close()
 
 
-def main(run_dir: Path = Path(".run"), ports: Ports | None = None) -> int:
+def main(
+    run_dir: Path = Path(".run"), ports: Ports | None = None, *, prometheus: bool = False
+) -> int:
     ports = ports or Ports()
     run_dir = run_dir.resolve()
     run_dir.mkdir(exist_ok=True)
@@ -82,6 +85,11 @@ def main(run_dir: Path = Path(".run"), ports: Ports | None = None) -> int:
         console.print("migrations applied")
         ports = dataclasses.replace(ports, api=_port(ports.api))
         stack = local_stack(run_dir, ports)
+        prom = prometheus_local.prepare(
+            run_dir, ports.api, stack, port=_port(prometheus_local.PORT)
+        )
+        if prometheus:
+            stack = [*stack, prom]
         for i, proc in enumerate(stack):
             p = subprocess.Popen(
                 proc.argv, env={**env, **proc.env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
@@ -96,6 +104,7 @@ def main(run_dir: Path = Path(".run"), ports: Ports | None = None) -> int:
             for p in stack
             if "METRICS_PORT" in p.env
         ]
+        lines.append(prometheus_local.banner(prom, started=prometheus))
         lines.append(
             f"  {'demo-site':<20} http://127.0.0.1:{ports.demo_site}/ (scan it as demo.localtest)"
         )

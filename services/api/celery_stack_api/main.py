@@ -13,12 +13,14 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from celery_stack_api.auth import TokenTable
 from celery_stack_api.counting import NotFound, Unavailable
+from celery_stack_api.docs import install_offline_docs
 from celery_stack_api.fastpath import ViewFastPath
+from celery_stack_api.http_metrics import HttpMetrics
 from celery_stack_api.limits import BodyLimit
 from celery_stack_api.routes import content, counters, health, maintenance, scans
 from celery_stack_api.scans import BadCursor, ScanConflict, ScanNotFound
 from celery_stack_api.state import AppState
-from celery_stack_core import outbox
+from celery_stack_core import celery_metrics, outbox
 from celery_stack_core.celery_app import make_celery
 from celery_stack_core.config import Settings, get_settings
 from celery_stack_core.db import make_engine
@@ -49,6 +51,7 @@ def create_app(settings: Settings | None = None, *, view_fast_path: bool = True)
             tokens=TokenTable(settings),
             celery=outbox.fail_fast(make_celery(settings, "celery_stack_api")),
         )
+        celery_metrics.install_publisher()
         app.state.app = state
         try:
             yield
@@ -64,7 +67,10 @@ def create_app(settings: Settings | None = None, *, view_fast_path: bool = True)
         version="0.1.0",
         lifespan=lifespan,
         description="Counters, scans and maintenance on Celery, Redis and PostgreSQL.",
+        docs_url=None,  # served by install_offline_docs: no CDN
+        redoc_url=None,
     )
+    install_offline_docs(app)
     app.add_middleware(BodyLimit, max_bytes=settings.api.max_body_bytes)
     app.include_router(health.router)
     app.include_router(counters.router)
@@ -108,4 +114,5 @@ def create_app(settings: Settings | None = None, *, view_fast_path: bool = True)
     elif view_fast_path:
         # The view ingest hot path without FastAPI's per-request cost (see fastpath.py).
         app.add_middleware(ViewFastPath, api=app)
+    app.add_middleware(HttpMetrics)  # outermost: the fast path's views are counted too
     return app

@@ -19,7 +19,7 @@ from celery_stack_beat.election_redis import RedisLease
 from celery_stack_beat.runner import Replica, Ticker, send_slot
 from celery_stack_beat.schedule import Entry
 from celery_stack_beat.status import leader_record, serve_http
-from celery_stack_core import keys, metrics
+from celery_stack_core import celery_metrics, keys, metrics
 from celery_stack_core.celery_app import make_celery
 from celery_stack_core.config import Settings
 from celery_stack_core.identity import lease_holder
@@ -127,6 +127,7 @@ async def _lead(
     stop: asyncio.Event,
 ) -> Outcome:
     app = make_celery(settings, "celery_stack_beat")
+    celery_metrics.install_publisher()
 
     inflight: set[asyncio.Future[None]] = set()
 

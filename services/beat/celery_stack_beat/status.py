@@ -4,6 +4,8 @@ Redis, any replica or none) and the HTTP endpoint each replica serves on its met
     /metrics   Prometheus
     /status    this replica's view (JSON): role, epoch, leader, renewal age, next due slots
     /healthz   200 while this replica makes progress (leader: ticks; standby: attempts)
+    /readyz    200 while it makes progress and, if it leads, its lease lets it send
+    anything else: 404
 """
 
 from __future__ import annotations
@@ -59,15 +61,16 @@ async def read_status(redis: aioredis.Redis, entries: list[Entry]) -> dict[str, 
 
 
 def serve_http(port: int, replica: Replica, alive_max_age: float) -> ThreadingHTTPServer | None:
-    """Serve /metrics, /status and /healthz from a daemon thread; None when port is 0."""
+    """Serve /metrics, /status, /healthz and /readyz from a daemon thread; None when port is 0."""
     if not port:
         return None
+    registry = metrics.registry("beat")
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
-                body, ctype = metrics.render()
+                body, ctype = metrics.render(registry)
                 self._reply(200, body, ctype)
             elif path == "/status":
                 self._json(200, replica.snapshot())
@@ -75,6 +78,13 @@ def serve_http(port: int, replica: Replica, alive_max_age: float) -> ThreadingHT
                 age = replica.progress_age()
                 ok = age < alive_max_age
                 self._json(200 if ok else 503, {"alive": ok, "progress_age": round(age, 3)})
+            elif path == "/readyz":
+                # Ready = making progress, and a leader's lease still lets it send.
+                snap = replica.snapshot()
+                ok = replica.progress_age() < alive_max_age and (
+                    snap["role"] != "leader" or snap["may_send"]
+                )
+                self._json(200 if ok else 503, {"ready": ok, "role": snap["role"]})
             else:
                 self._json(404, {"error": "not found"})
 

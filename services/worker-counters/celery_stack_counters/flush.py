@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
+from opentelemetry import trace
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -23,8 +24,10 @@ from celery_stack_core import metrics
 from celery_stack_core.keys import ShardKeys
 from celery_stack_core.lua import lua
 from celery_stack_core.targets import TARGETS
+from celery_stack_core.tracing import links_from, tracing_active
 
 log = logging.getLogger(__name__)
+tracer = trace.get_tracer(__name__)
 
 # Called at each protocol step; the chaos test kills the process from here.
 StepHook = Callable[[str], Awaitable[None]]
@@ -142,6 +145,17 @@ async def ack(redis: aioredis.Redis, sk: ShardKeys, batch_id: str) -> bool:
     return bool(await script(keys=[sk.inflight, sk.batch, sk.inflight_since], args=[batch_id]))
 
 
+async def take_trace_links(redis: aioredis.Redis, sk: ShardKeys) -> list[str]:
+    """The traceparents of traced increments since the last flush (a bounded sample; one that
+    lands between the claim and this read is linked here although its increment is in the next
+    batch: links are for finding a view's flush, not a ledger)."""
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.lrange(sk.trace_links, 0, -1)
+        pipe.delete(sk.trace_links)
+        found, _ = await pipe.execute()
+    return [str(tp) for tp in found]
+
+
 async def flush_shard(
     redis: aioredis.Redis, engine: AsyncEngine, sk: ShardKeys, hook: StepHook = _no_hook
 ) -> FlushResult:
@@ -151,12 +165,15 @@ async def flush_shard(
     if c is None:
         return FlushResult(sk.name, "empty")
     await hook("claimed")
-    ids, deltas, invalid = await read_inflight(redis, sk)
-    async with engine.begin() as conn:
-        applied = await apply_batch(conn, sk, c.batch_id, ids, deltas, hook)
-    await hook("committed")
-    await ack(redis, sk, c.batch_id)
-    await hook("acked")
+    links = links_from(await take_trace_links(redis, sk)) if tracing_active() else []
+    attributes = {"counter": sk.name, "batch.id": c.batch_id}
+    with tracer.start_as_current_span("counters.flush", links=links, attributes=attributes):
+        ids, deltas, invalid = await read_inflight(redis, sk)
+        async with engine.begin() as conn:
+            applied = await apply_batch(conn, sk, c.batch_id, ids, deltas, hook)
+        await hook("committed")
+        await ack(redis, sk, c.batch_id)
+        await hook("acked")
 
     lag = max(0.0, time.time() - c.since_ms / 1000) if c.since_ms else 0.0
     if applied is None:

@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
+from collections.abc import Iterator
 from typing import Any
 
 from fastapi import APIRouter, Response, status
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+from redis.exceptions import RedisError
 from sqlalchemy import text
 
 from celery_stack_api.deps import StateDep
-from celery_stack_core import metrics
+from celery_stack_core import buffer, metrics
 
+log = logging.getLogger(__name__)
 router = APIRouter(tags=["health"])
 
 
@@ -40,7 +48,32 @@ async def readyz(state: StateDep, response: Response) -> dict[str, Any]:
     return {"ready": ready, "checks": checks}
 
 
+class PendingAge(Collector):
+    """The flush lag as the API sees it in Redis, so it is exported while no flusher runs."""
+
+    def __init__(self, oldest_ms: dict[str, int | None]) -> None:
+        self.oldest_ms = oldest_ms
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            metrics.PENDING_AGE_NAME, metrics.PENDING_AGE_HELP, labels=["counter"]
+        )
+        now_ms = time.time() * 1000
+        for counter, since in sorted(self.oldest_ms.items()):
+            age = 0.0 if since is None else max(0.0, (now_ms - since) / 1000)
+            family.add_metric([counter], age)
+        yield family
+
+
 @router.get("/metrics", include_in_schema=False)
-async def read_metrics() -> Response:
-    body, content_type = metrics.render()
+async def read_metrics(state: StateDep) -> Response:
+    extra: list[Collector] = []
+    try:
+        oldest = await asyncio.wait_for(
+            buffer.oldest_pending_ms(state.redis, shards=state.settings.counters.shards), 2.0
+        )
+        extra.append(PendingAge(oldest))
+    except (RedisError, TimeoutError) as exc:
+        log.warning("redis unreachable at scrape; pending age left out", extra={"error": repr(exc)})
+    body, content_type = metrics.render(metrics.registry("api", extra))
     return Response(body, media_type=content_type)

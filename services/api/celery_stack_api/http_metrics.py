@@ -1,0 +1,55 @@
+"""Request count and latency per route template, for the API's 5xx-ratio and latency-SLO alerts.
+
+A pure ASGI middleware outside everything else (the view fast path included). The `route` label
+is the matched route's template, so cardinality is the number of routes: an unmatched path
+(a 404 from a scanner) is "unmatched", never its raw path.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from celery_stack_core import metrics
+
+# The view fast path answers before routing; its one template, named as the route names it.
+_FAST_VIEW = re.compile(r"/api/v1/(posts|articles)/[0-9]+/views")
+FAST_VIEW_ROUTE = "/api/v1/{target}/{target_id}/views"
+UNMATCHED = "unmatched"
+
+
+def route_of(scope: Scope) -> str:
+    route = scope.get("route")
+    template = getattr(route, "path_format", None) or getattr(route, "path", None)
+    if isinstance(template, str):
+        return template
+    if _FAST_VIEW.fullmatch(scope.get("path", "")):
+        return FAST_VIEW_ROUTE
+    return UNMATCHED
+
+
+class HttpMetrics:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        code = 500  # an exception that escapes every handler is what the server answers
+
+        async def send_and_note(message: Message) -> None:
+            nonlocal code
+            if message["type"] == "http.response.start":
+                code = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        finally:
+            route = route_of(scope)
+            metrics.HTTP_REQUESTS.labels(route, scope["method"], f"{code // 100}xx").inc()
+            metrics.HTTP_DURATION.labels(route).observe(time.perf_counter() - started)

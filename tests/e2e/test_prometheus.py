@@ -1,0 +1,303 @@
+"""A real Prometheus (Debian's `prometheus`, installed by `make tools`) scrapes a local stack -
+api, the three workers and beat - after traffic. Every dashboard panel query and every alert
+expression goes through its HTTP API: each parses, each returns series once the metrics it
+reads exist, and every rule evaluates without error. Then the counters worker stops: the flush
+lag and worker-down alerts go pending, then firing (the test rule file is monitoring/alerts.py
+with Thresholds.for_tests(): same expressions, seconds instead of minutes)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from celery_stack_core.config import DEV_USER_TOKEN
+from celery_stack_devstack.pytest_plugin import wait_until
+from celery_stack_devstack.servers import free_port
+from celery_stack_scans.demo_site import DemoSite, make_certs
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+from monitoring import alerts, dashboards, generate  # noqa: E402
+
+pytestmark = pytest.mark.e2e
+USER = {"Authorization": f"Bearer {DEV_USER_TOKEN}", "X-User-Id": "alice"}
+# Metrics not on this branch yet (the janitor and the maintenance rules land in parallel) and
+# those only a fault makes (kube-state-metrics, Redis down, a failing task...): their queries
+# are checked to parse and evaluate, and listed; the rest must return series.
+NOT_HERE_YET = ("celery_stack_janitor_", "celery_stack_locks_", "celery_stack_rule_")
+ONLY_ON_FAULT = (
+    "kube_",
+    "celery_stack_task_duplicates_refused_total",
+    "celery_task_failed_total",
+    "celery_stack_counter_db_fallbacks_total",
+    "celery_stack_flush_rows_dropped_total",
+    "celery_stack_flush_failures_total",
+    "celery_stack_recount_drift_corrections_total",
+    "celery_stack_scanner_fetch_errors_total",
+    "celery_stack_outbox_oldest_unsent_age_seconds",  # the relay sets it: covered, and 0 rows
+)
+METRIC = re.compile(r"\b((?:celery|kube)_[a-z0-9_]+)\b")
+
+
+def promtool_bin(name: str) -> str:
+    local = ROOT / ".tools/bin" / name
+    found = str(local) if local.exists() else shutil.which(name)
+    assert found, f"{name} missing: `make tools` installs Debian's prometheus package"
+    return found
+
+
+class Prometheus:
+    def __init__(self, tmp: Path, targets: dict[str, list[str]]) -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        rules = tmp / "rules.yaml"
+        rules.write_text(generate.rules_yaml(alerts.Thresholds.for_tests()))
+        config = {
+            "global": {
+                "scrape_interval": "1s",
+                "scrape_timeout": "1s",
+                "evaluation_interval": "1s",
+            },
+            "rule_files": [str(rules)],
+            "scrape_configs": [
+                {"job_name": job, "static_configs": [{"targets": addrs}]}
+                for job, addrs in targets.items()
+            ],
+        }
+        cfg = tmp / "prometheus.yml"
+        cfg.write_text(yaml.safe_dump(config))
+        self.log = tmp / "prometheus.log"
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen(
+                [
+                    promtool_bin("prometheus"),
+                    f"--config.file={cfg}",
+                    f"--storage.tsdb.path={tmp / 'tsdb'}",
+                    f"--web.listen-address=127.0.0.1:{self.port}",
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+
+    def get(self, path: str, **params: str) -> dict:
+        r = httpx.get(f"{self.base}{path}", params=params, timeout=10)
+        body = r.json()
+        assert r.status_code == 200 and body["status"] == "success", (path, params, body)
+        return body["data"]
+
+    def query(self, expr: str) -> list[dict]:
+        return self.get("/api/v1/query", query=expr)["result"]
+
+    def ready(self) -> bool:
+        try:
+            return httpx.get(f"{self.base}/-/ready", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def site(tmp_path):
+    tls = make_certs(str(tmp_path / "tls"), ["site.test"])
+    s = DemoSite(https_port=0, cert=tls["cert"], key=tls["key"])
+    s.tls = tls
+    yield s
+    s.close()
+
+
+def start_stack(start_service, tmp_path, site) -> dict:
+    env = {
+        "COUNTER_FLUSH_INTERVAL": "0.5",
+        "RECOUNT_INTERVAL": "0.5",
+        "OUTBOX_RELAY_INTERVAL": "1",
+        "OUTBOX_RELAY_MIN_AGE": "0.5",
+        "WORKER_HEARTBEAT_INTERVAL": "1",
+        "SCANNER_ALLOW_PRIVATE_CIDRS": "127.0.0.1/32",
+        "SCANNER_RESOLVE": json.dumps({"site.test": ["127.0.0.1"]}),
+        "SCANNER_CA_BUNDLE": site.tls["ca"],
+    }
+    api_port, beat_port = free_port(), free_port()
+    stack: dict = {"api": f"127.0.0.1:{api_port}", "workers": {}}
+    stack["api_svc"] = start_service(
+        "api",
+        ["celery-stack-api", "serve", "--host", "127.0.0.1", "--port", str(api_port)],
+        **env,
+        METRICS_PORT="0",
+    )
+    for queue in ("counters", "scans", "maintenance"):
+        port = free_port()
+        stack["workers"][queue] = (
+            start_service(
+                f"worker-{queue}",
+                [f"celery-stack-worker-{queue}", "--concurrency", "1"],
+                **env,
+                METRICS_PORT=str(port),
+                PROMETHEUS_MULTIPROC_DIR=str(tmp_path / f"prom-{queue}"),
+                WORKER_HEARTBEAT_FILE=str(tmp_path / f"{queue}.alive"),
+            ),
+            f"127.0.0.1:{port}",
+        )
+    stack["beat"] = f"127.0.0.1:{beat_port}"
+    stack["beat_svc"] = start_service(
+        "beat",
+        ["celery-stack-beat", "run"],
+        **env,
+        METRICS_PORT=str(beat_port),
+        BEAT_HEARTBEAT_FILE=str(tmp_path / "beat.alive"),
+    )
+    return stack
+
+
+def traffic(base: str, site: DemoSite) -> int:
+    with httpx.Client(base_url=base, headers=USER, timeout=30) as client:
+        post = client.post("/api/v1/posts", json={"title": "metrics"})
+        assert post.status_code == 201, post.text
+        pid = post.json()["id"]
+        for _ in range(20):
+            assert client.post(f"/api/v1/posts/{pid}/views").status_code == 202
+        assert client.get(f"/api/v1/posts/{pid}/counts").status_code == 200
+        assert client.get("/api/v1/no-such-route").status_code == 404
+        cfg = {"https_port": site.https_port, "http_port": site.http_port, "max_pages": 1}
+        scan = client.post("/api/v1/scans", json={"domain": "site.test", "config": cfg})
+        assert scan.status_code in (201, 202), scan.text
+        sid = scan.json()["id"]
+
+        def finished() -> bool:
+            return client.get(f"/api/v1/scans/{sid}").json()["status"] in ("succeeded", "failed")
+
+        wait_until(finished, 60, interval=0.5, what="scan finished")
+    return pid
+
+
+def alert_states(prom: Prometheus) -> dict[tuple[str, str], str]:
+    return {
+        (
+            a["labels"]["alertname"],
+            a["labels"].get("queue_name", a["labels"].get("counter", "")),
+        ): a["state"]
+        for a in prom.get("/api/v1/alerts")["alerts"]
+    }
+
+
+def test_prometheus_scrapes_the_stack_and_alerts_fire(start_service, clean_db, tmp_path, site):
+    stack = start_stack(start_service, tmp_path, site)
+    base = f"http://{stack['api']}"
+    wait_until(lambda: _ok(f"{base}/readyz"), 60, what="api ready")
+    for _, addr in stack["workers"].values():
+        wait_until(lambda a=addr: _ok(f"http://{a}/readyz"), 90, what=f"worker {addr} ready")
+    prom = Prometheus(
+        tmp_path,
+        {
+            "api": [stack["api"]],
+            "worker": [addr for _, addr in stack["workers"].values()],
+            "beat": [stack["beat"]],
+        },
+    )
+    try:
+        wait_until(prom.ready, 30, what="prometheus ready")
+        pid = traffic(base, site)
+        # every target up, and the flush has applied the views (its metrics exist)
+        wait_until(lambda: len(prom.query("up == 1")) == 5, 30, interval=0.5, what="5 targets up")
+        wait_until(
+            lambda: prom.query('celery_stack_flush_batches_total{outcome="applied"}'),
+            30,
+            interval=0.5,
+            what="an applied flush scraped",
+        )
+        time.sleep(3)  # a few more scrapes: rate() over them has two points per series
+        present = set(prom.get("/api/v1/label/__name__/values"))
+        waiting = check_queries(prom, present)
+        print("queries waiting for metrics not on this branch or made only by faults:")
+        for name, _expr, missing in waiting:
+            print(f"  {name}: {sorted(missing)}")
+        check_rules_evaluate(prom)
+        assert not _firing(prom, "CeleryStackWorkersDown", "CeleryStackBeatLeaderMissing")
+        stop_counters_and_watch_alerts(prom, stack, base, pid)
+    finally:
+        prom.stop()
+
+
+def check_queries(prom: Prometheus, present: set[str]) -> list[tuple[str, str, set[str]]]:
+    items = [(f"{stem}: {title}", expr) for stem, title, expr in dashboards.queries()]
+    items += [(f"alert {a.name}", a.expr) for a in alerts.alerts(alerts.Thresholds.for_tests())]
+    items += [(f"alert {a.name} input {m}", m) for a in alerts.alerts() for m in a.metrics]
+    waiting = []
+    for name, expr in items:
+        result = prom.query(expr)  # parses and evaluates, or the helper fails
+        missing = set(METRIC.findall(expr)) - present
+        if missing:
+            allowed = all(m.startswith(NOT_HERE_YET + ONLY_ON_FAULT) for m in missing)
+            assert allowed, f"{name}: metrics missing after traffic: {sorted(missing)}"
+            waiting.append((name, expr, missing))
+        elif not name.startswith("alert ") or " input " in name:
+            assert result, f"{name}: no series although its metrics exist: {expr}"
+    return waiting
+
+
+def check_rules_evaluate(prom: Prometheus) -> None:
+    def evaluated() -> bool:
+        rules = [r for g in prom.get("/api/v1/rules")["groups"] for r in g["rules"]]
+        never = "0001-01-01"  # Prometheus' zero time: not evaluated yet
+        return len(rules) == len(alerts.alerts()) and not any(
+            r["lastEvaluation"].startswith(never) for r in rules
+        )
+
+    wait_until(evaluated, 20, interval=0.5, what="every rule evaluated once")
+    for group in prom.get("/api/v1/rules")["groups"]:
+        for rule in group["rules"]:
+            assert rule["health"] == "ok", (rule["name"], rule.get("lastError"))
+
+
+def _firing(prom: Prometheus, *names: str) -> list[dict]:
+    return [
+        a
+        for a in prom.get("/api/v1/alerts")["alerts"]
+        if a["labels"]["alertname"] in names and a["state"] == "firing"
+    ]
+
+
+def stop_counters_and_watch_alerts(prom: Prometheus, stack: dict, base: str, pid: int) -> None:
+    worker, _ = stack["workers"]["counters"]
+    worker.stop()
+    watched = {
+        ("CeleryStackWorkersDown", "counters"),
+        ("CeleryStackCounterFlushLag", "post:views"),
+    }
+    seen: dict[tuple[str, str], list[str]] = {k: [] for k in watched}
+    deadline = time.monotonic() + 90
+    with httpx.Client(base_url=base, headers=USER, timeout=10) as client:
+        while time.monotonic() < deadline:
+            client.post(f"/api/v1/posts/{pid}/views")  # views keep arriving, none is flushed
+            states = alert_states(prom)
+            for key in watched:
+                state = states.get(key)
+                if state and (not seen[key] or seen[key][-1] != state):
+                    seen[key].append(state)
+            if all(s and s[-1] == "firing" for s in seen.values()):
+                break
+            time.sleep(0.5)
+    for key, states in seen.items():
+        assert states[:1] == ["pending"] and states[-1] == "firing", (key, states)
+
+
+def _ok(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
