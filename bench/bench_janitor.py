@@ -170,7 +170,10 @@ async def _naive(env: BenchEnv, engine: AsyncEngine, r: aioredis.Redis) -> dict[
     checked = deleted = 0
     with Probe(env.redis_url) as probe:
         t = time.perf_counter()
-        names = await r.keys(f"{PREFIX}*")
+        # report 002's client had no timeout to hit; ours would give up after 5 s of KEYS
+        slow = aioredis.Redis.from_url(env.redis_url, decode_responses=True, socket_timeout=300)
+        names = await slow.keys(f"{PREFIX}*")
+        await slow.aclose()
         keys_s = time.perf_counter() - t
         for name in names:
             sid = name.removeprefix(PREFIX).removeprefix("scan-")[:36]
@@ -214,6 +217,7 @@ async def _run(env: BenchEnv) -> dict[str, float]:
             flush=True,
         )
         figures |= await _ours(env, engine, r)
+        print(f"  ours: {figures}", flush=True)
         await _seed_keys(r, LIVE + 1, KEYS)  # the orphans again, for the naive design
         figures |= await _naive(env, engine, r)
     finally:

@@ -874,4 +874,5 @@ class TestLabelsAndNames:
                 "networkpolicies",
                 "tests",
                 "monitoring",
+                "janitor",
             }
