@@ -9,7 +9,7 @@
 Settings come from the environment (docs/configuration.md); locally, `make run` prints the
 REDIS_URL and DATABASE_URL of its stack and writes them under .run/ (settings.py here).
 
-`celery-stack-worker-maintenance [celery worker options]` is the maintenance queue's worker.
+`celery-stack-worker-maintenance` (worker.py) is the maintenance queue's worker.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ from celery_stack_core.sweeps import inspect as views
 from celery_stack_core.sweeps import reports as policy_reports
 from celery_stack_core.sweeps.base import SweepReport
 from celery_stack_core.sweeps.jobs import totals
-from celery_stack_core.worker import worker_main
 from celery_stack_janitor.context import sweep_context
 from celery_stack_janitor.settings import load_local_run_env
 
@@ -40,10 +39,6 @@ T = TypeVar("T")
 app = typer.Typer(help=__doc__.split("\n\n")[0], no_args_is_help=True, add_completion=False)
 console = Console(stderr=False)
 JsonOpt = Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")]
-
-
-def worker() -> None:
-    worker_main("maintenance", sys.argv[1:])
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
