@@ -78,6 +78,16 @@ def test_local_stack_starts_and_stops_cleanly():
             return r["counts"]["views"] == 1
 
         wait_until(flushed, 60, what="the view counted")
+        # the maintenance-rules demo of the README: a coupon expires within seconds
+        coupon = httpx.post(
+            f"{base}/api/v1/examples/coupons", json={"code": "demo", "expires_in": 2}, headers=h
+        ).json()["id"]
+
+        def expired():
+            r = httpx.get(f"{base}/api/v1/examples/coupons/{coupon}", headers=h).json()
+            return r["status"] == "expired"
+
+        wait_until(expired, 60, what="the demo coupon expired by its rule")
         assert (run_dir / "postgres" / "PG_VERSION").exists() and (run_dir / "redis").exists()
     finally:
         proc.send_signal(signal.SIGINT)

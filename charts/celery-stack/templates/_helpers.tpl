@@ -108,6 +108,9 @@ OTEL_EXPORTER_OTLP_ENDPOINT: {{ .Values.otel.endpoint | quote }}
 WORKER_HEARTBEAT_FILE: "/tmp/celery-stack-worker-alive"
 WORKER_HEARTBEAT_INTERVAL: {{ .Values.workerProbes.heartbeatInterval | quote }}
 BEAT_TICK: {{ .Values.beat.tick | quote }}
+MAINTENANCE_DEFAULT_RULES: {{ .Values.maintenance.rules.defaults | quote }}
+MAINTENANCE_RULE_OVERRIDES: {{ .Values.maintenance.rules.overrides | toJson | quote }}
+MAINTENANCE_RULES: {{ .Values.maintenance.rules.custom | toJson | quote }}
 {{- range $name := keys .Values.queues | sortAlpha }}
 {{- $q := include "celery-stack.queue" (dict "root" $ "name" $name) | fromYaml }}
 {{- $p := $name | upper | replace "-" "_" }}

@@ -405,6 +405,34 @@ class JanitorSettings(_Group):
     )
 
 
+class MaintenanceSettings(_Group):
+    """maintenance rules"""
+
+    # Run the shipped rule set (report 003's eleven jobs over the example tables of migration
+    # 0004); docs/maintenance-rules.md. Off: only MAINTENANCE_RULES run.
+    default_rules: bool = Field(default=True, validation_alias="MAINTENANCE_DEFAULT_RULES")
+    # JSON object: default rule name -> fields to change, e.g.
+    # {"check-expired-coupons": {"every": 60, "batch_size": 2000}}.
+    rule_overrides: Annotated[dict[str, dict[str, Any]], NoDecode] = Field(
+        default_factory=dict, validation_alias="MAINTENANCE_RULE_OVERRIDES"
+    )
+    # JSON list of the operator's own rules (same format as the defaults), validated at startup
+    # against the live schema; a name used twice is refused.
+    rules: Annotated[list[dict[str, Any]], NoDecode] = Field(
+        default_factory=list, validation_alias="MAINTENANCE_RULES"
+    )
+
+    @field_validator("rule_overrides", mode="before")
+    @classmethod
+    def _parse_overrides(cls, value: object) -> object:
+        return _json_or_empty(value, {})
+
+    @field_validator("rules", mode="before")
+    @classmethod
+    def _parse_rules(cls, value: object) -> object:
+        return _json_or_empty(value, [])
+
+
 def env_name(group: type[BaseModel], field: str) -> str:
     alias = group.model_fields[field].validation_alias
     assert isinstance(alias, str), f"{group.__name__}.{field} needs its env name as alias"
@@ -429,6 +457,7 @@ class Settings(BaseModel):
     scanner: ScannerSettings = Field(default_factory=ScannerSettings)
     outbox: OutboxSettings = Field(default_factory=OutboxSettings)
     janitor: JanitorSettings = Field(default_factory=JanitorSettings)
+    maintenance: MaintenanceSettings = Field(default_factory=MaintenanceSettings)
 
     GROUPS: ClassVar[dict[str, type[_Group]]] = {
         "deploy": DeploySettings,
@@ -442,6 +471,7 @@ class Settings(BaseModel):
         "scanner": ScannerSettings,
         "outbox": OutboxSettings,
         "janitor": JanitorSettings,
+        "maintenance": MaintenanceSettings,
     }
 
     @staticmethod

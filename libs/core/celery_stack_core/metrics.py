@@ -217,6 +217,29 @@ BEAT_LAST_TICK = Gauge(
     f"{NS}_beat_last_tick_timestamp_seconds", "Unix time of the leader's last completed tick."
 )
 
+# --- maintenance rules (begin) ----------------------------------------------------------------
+RULE_ROWS = Counter(f"{NS}_rule_rows", "Rows a maintenance rule changed.", ["rule"])
+RULE_BATCHES = Counter(f"{NS}_rule_batches", "Batches (transactions) a rule committed.", ["rule"])
+RULE_DURATION = Histogram(
+    f"{NS}_rule_duration_seconds",
+    "Time of one run of a maintenance rule (all its batches).",
+    ["rule"],
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)
+RULE_LAG = Gauge(
+    f"{NS}_rule_lag_seconds",
+    "Age of the oldest row a rule should already have handled, at the end of its last run.",
+    ["rule"],
+    multiprocess_mode="mostrecent",
+)
+RULE_FAILURES = Counter(f"{NS}_rule_failures", "Rule runs that raised.", ["rule"])
+TASK_DUPLICATES_REFUSED = Counter(
+    f"{NS}_task_duplicates_refused",
+    "Executions refused because their task id (beat slot) had already run to completion.",
+    ["task"],
+)
+# --- maintenance rules (end) ------------------------------------------------------------------
+
 
 # --- counters: scrape-time view of the buffer (api) ----------------------------------------------
 # Read from Redis when the API is scraped, so the flush-lag alert still fires while no flusher

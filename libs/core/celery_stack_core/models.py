@@ -11,6 +11,7 @@ from sqlalchemy import (
     BigInteger,
     CheckConstraint,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -249,3 +250,215 @@ class MaintenanceJob(Base):
 
 
 # --- janitor (end) ----------------------------------------------------------------------------
+
+
+# --- maintenance rules (begin) ----------------------------------------------------------------
+# Example tables that reproduce field report 003's scheduled jobs, and the rule engine's own
+# bookkeeping (DESIGN "Maintenance"). The rules themselves are data: celery_stack_core.rules.
+
+
+def _status(default: str) -> Mapped[str]:
+    return mapped_column(Text, nullable=False, server_default=default)
+
+
+def _ts() -> Mapped[datetime | None]:
+    return mapped_column(DateTime(timezone=True), nullable=True)
+
+
+def _deadline() -> Mapped[datetime]:
+    return mapped_column(DateTime(timezone=True), nullable=False)
+
+
+class Coupon(Base):
+    __tablename__ = "coupons"
+    __table_args__ = (
+        CheckConstraint("status IN ('active', 'used', 'expired')", name="status"),
+        Index("ix_coupons_status_expires", "status", "expires_at"),
+    )
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    code: Mapped[str] = mapped_column(Text, nullable=False, unique=True)
+    user_id: Mapped[str | None] = mapped_column(Text, nullable=True)
+    status: Mapped[str] = _status("active")
+    expires_at: Mapped[datetime] = _deadline()
+    expired_at: Mapped[datetime | None] = _ts()
+    created_at: Mapped[datetime] = _created()
+
+
+class InvitationCode(Base):
+    __tablename__ = "invitation_codes"
+    __table_args__ = (
+        CheckConstraint("status IN ('active', 'used', 'expired')", name="status"),
+        Index("ix_invitation_codes_status_expires", "status", "expires_at"),
+    )
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    code: Mapped[str] = mapped_column(Text, nullable=False, unique=True)
+    status: Mapped[str] = _status("active")
+    expires_at: Mapped[datetime] = _deadline()
+    expired_at: Mapped[datetime | None] = _ts()
+    created_at: Mapped[datetime] = _created()
+
+
+class PointGrant(Base):
+    """Points granted to a user that expire: expiry deducts them from the user's balance."""
+
+    __tablename__ = "point_grants"
+    __table_args__ = (
+        CheckConstraint("status IN ('active', 'expired')", name="status"),
+        CheckConstraint("points > 0", name="points"),
+        Index("ix_point_grants_status_expires", "status", "expires_at"),
+    )
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    user_id: Mapped[str] = mapped_column(Text, nullable=False, index=True)
+    points: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    status: Mapped[str] = _status("active")
+    expires_at: Mapped[datetime] = _deadline()
+    expired_at: Mapped[datetime | None] = _ts()
+    created_at: Mapped[datetime] = _created()
+
+
+class PointBalance(Base):
+    __tablename__ = "point_balances"
+    user_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    balance: Mapped[int] = _count()
+    updated_at: Mapped[datetime] = _created()
+
+
+class Activity(Base):
+    __tablename__ = "activities"
+    __table_args__ = (
+        CheckConstraint("status IN ('active', 'ended')", name="status"),
+        Index("ix_activities_status_ends", "status", "ends_at"),
+    )
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    title: Mapped[str] = mapped_column(Text, nullable=False)
+    status: Mapped[str] = _status("active")
+    ends_at: Mapped[datetime] = _deadline()
+    ended_at: Mapped[datetime | None] = _ts()
+    created_at: Mapped[datetime] = _created()
+
+
+class MarketplaceTask(Base):
+    """A task posted by a user for experts; `response_seconds` is set when an expert responds."""
+
+    __tablename__ = "marketplace_tasks"
+    __table_args__ = (
+        CheckConstraint("status IN ('open', 'taken', 'done', 'cancelled')", name="status"),
+        Index("ix_marketplace_tasks_status_deadline", "status", "deadline_at"),
+    )
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    poster_id: Mapped[str] = mapped_column(Text, nullable=False, index=True)
+    expert_id: Mapped[str | None] = mapped_column(Text, nullable=True, index=True)
+    title: Mapped[str] = mapped_column(Text, nullable=False)
+    status: Mapped[str] = _status("open")
+    deadline_at: Mapped[datetime] = _deadline()
+    response_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    cancelled_at: Mapped[datetime | None] = _ts()
+    created_at: Mapped[datetime] = _created()
+
+
+class ExpertStat(Base):
+    """Rollup of marketplace_tasks per expert (report 003's featured experts' response time)."""
+
+    __tablename__ = "expert_stats"
+    expert_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    tasks: Mapped[int] = _count()
+    avg_response_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    updated_at: Mapped[datetime] = _created()
+
+
+class Agent(Base):
+    """A customer-service agent who takes up to `capacity` active chats."""
+
+    __tablename__ = "agents"
+    __table_args__ = (
+        CheckConstraint("status IN ('available', 'offline')", name="status"),
+        CheckConstraint("capacity >= 0", name="capacity"),
+    )
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(Text, nullable=False)
+    status: Mapped[str] = _status("available")
+    capacity: Mapped[int] = mapped_column(Integer, nullable=False, server_default="3")
+    created_at: Mapped[datetime] = _created()
+
+
+class Chat(Base):
+    __tablename__ = "chats"
+    __table_args__ = (
+        CheckConstraint("status IN ('waiting', 'active', 'ended', 'archived')", name="status"),
+        # An active chat has exactly one agent; a waiting one none.
+        CheckConstraint("status <> 'active' OR agent_id IS NOT NULL", name="agent"),
+        Index("ix_chats_status_created", "status", "created_at"),
+        Index("ix_chats_status_last_message", "status", "last_message_at"),
+        Index("ix_chats_agent_active", "agent_id", postgresql_where=text("status = 'active'")),
+    )
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    user_id: Mapped[str] = mapped_column(Text, nullable=False, index=True)
+    agent_id: Mapped[int | None] = mapped_column(
+        BigInteger, ForeignKey("agents.id", ondelete="SET NULL"), nullable=True
+    )
+    status: Mapped[str] = _status("waiting")
+    created_at: Mapped[datetime] = _created()
+    assigned_at: Mapped[datetime | None] = _ts()
+    last_message_at: Mapped[datetime] = _created()
+    ended_at: Mapped[datetime | None] = _ts()
+
+
+class ChatMessage(Base):
+    __tablename__ = "chat_messages"
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    chat_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("chats.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    sender_id: Mapped[str] = mapped_column(Text, nullable=False, index=True)
+    body: Mapped[str] = mapped_column(Text, nullable=False)
+    created_at: Mapped[datetime] = _created()
+
+
+class UserStatistic(Base):
+    """Rollup per user from chats, chat_messages and marketplace_tasks."""
+
+    __tablename__ = "user_statistics"
+    user_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    chats: Mapped[int] = _count()
+    messages: Mapped[int] = _count()
+    tasks_posted: Mapped[int] = _count()
+    updated_at: Mapped[datetime] = _created()
+
+
+class RuleNotification(Base):
+    """One notification per row and warning rule, ever: the unique key refuses a second one.
+    Delivery goes through the outbox (task `maintenance.rule_notify`)."""
+
+    __tablename__ = "rule_notifications"
+    __table_args__ = (UniqueConstraint("rule", "row_key", name="uq_rule_notifications_rule_row"),)
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    rule: Mapped[str] = mapped_column(Text, nullable=False)
+    row_key: Mapped[str] = mapped_column(Text, nullable=False)
+    recipient: Mapped[str | None] = mapped_column(Text, nullable=True)
+    message: Mapped[str] = mapped_column(Text, nullable=False)
+    deadline: Mapped[datetime] = _deadline()
+    created_at: Mapped[datetime] = _created()
+    delivered_at: Mapped[datetime | None] = _ts()
+
+
+class RuleRun(Base):
+    """One execution of a rule, keyed by its Celery task id (beat: entry + due time): a slot
+    that already finished is refused, one killed mid-run is resumed by its redelivery."""
+
+    __tablename__ = "rule_runs"
+    __table_args__ = (
+        CheckConstraint("status IN ('running', 'done', 'failed')", name="status"),
+        Index("ix_rule_runs_rule_started", "rule", "started_at"),
+    )
+    task_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    rule: Mapped[str] = mapped_column(Text, nullable=False)
+    status: Mapped[str] = _status("running")
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default="1")
+    rows: Mapped[int] = _count()
+    batches: Mapped[int] = _count()
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    started_at: Mapped[datetime] = _created()
+    finished_at: Mapped[datetime | None] = _ts()
+
+
+# --- maintenance rules (end) ------------------------------------------------------------------

@@ -114,3 +114,11 @@ def test_task_events_are_off_unless_asked_for(settings):
         update={"celery": settings.celery.model_copy(update={"task_events": True})}
     )
     assert celery_config(on)["worker_send_task_events"] is True
+
+
+def test_the_maintenance_worker_exposes_the_rule_families():
+    metrics.RULE_ROWS.labels("r").inc()
+    metrics.TASK_DUPLICATES_REFUSED.labels("maintenance.rule.r").inc()
+    maintenance = families(metrics.role_of_worker("maintenance"))
+    assert {"celery_stack_rule_rows", "celery_stack_task_duplicates_refused"} <= maintenance
+    assert "celery_stack_rule_rows" not in families("api")

@@ -44,6 +44,19 @@ TABLES = (
     "scans",
     "outbox",
     "maintenance_jobs",
+    "rule_notifications",
+    "rule_runs",
+    "chat_messages",
+    "chats",
+    "agents",
+    "coupons",
+    "invitation_codes",
+    "point_grants",
+    "point_balances",
+    "activities",
+    "marketplace_tasks",
+    "expert_stats",
+    "user_statistics",
 )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import os
 import signal
 import subprocess
@@ -17,6 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from celery_stack_core.migrate import upgrade
+from celery_stack_core.rules.defaults import DEMO_OVERRIDES
 from celery_stack_devstack import prometheus_local
 from celery_stack_devstack.processes import Ports, Proc, local_stack
 from celery_stack_devstack.servers import PostgresServer, RedisServer, free_port
@@ -80,6 +82,8 @@ def main(
             console.print(
                 f"started Redis on 127.0.0.1:{rd.port} (AOF always, data in {rd.datadir})"
             )
+        # The maintenance-rules demo (README): coupons expire and idle chats end within a minute.
+        env.setdefault("MAINTENANCE_RULE_OVERRIDES", json.dumps(DEMO_OVERRIDES))
         asyncio.run(_ensure_database(env["DATABASE_URL"]))
         upgrade(env["DATABASE_URL"])
         console.print("migrations applied")

@@ -45,7 +45,7 @@ class Entry:
 
 
 def schedule(settings: Settings) -> list[Entry]:
-    return [
+    entries = [
         Entry("counters-flush", "counters.flush", settings.counters.flush_interval),
         Entry("counters-recount", "counters.recount", settings.counters.recount_interval),
         Entry(
@@ -53,3 +53,7 @@ def schedule(settings: Settings) -> list[Entry]:
         ),
         Entry("outbox-relay", "maintenance.outbox_relay", settings.outbox.relay_interval),
     ]
+    # Maintenance rules (celery_stack_core.rules): one entry each; a name used twice is refused.
+    from celery_stack_beat.rules_schedule import refuse_duplicates, rule_entries
+
+    return refuse_duplicates(entries + rule_entries(settings))

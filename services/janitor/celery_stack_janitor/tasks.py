@@ -13,6 +13,7 @@ from celery_stack_core.sweeps.kube import pod_snapshot
 from celery_stack_core.worker import install_hooks
 from celery_stack_janitor.context import task_sender
 from celery_stack_janitor.relay import relay_all
+from celery_stack_janitor.rules_tasks import register as register_rules
 
 settings = get_settings()
 app = make_celery(settings, "celery_stack_janitor")
@@ -20,6 +21,7 @@ install_hooks(app, settings, "worker-maintenance")
 # No cleanup in worker_init (field report 002 ran one there): a blocking sweep at every worker
 # start delays consuming, runs N times for N workers, and races the workers it judges. The
 # CronJob and the operator run the sweeps instead (docs/operator-guide.md, "The janitor").
+register_rules(app, settings)
 
 
 @app.task(name="maintenance.outbox_relay")

@@ -1,0 +1,48 @@
+"""Beat carries one entry per maintenance rule, with the rule's schedule and time limits; a
+name defined twice is refused when the schedule is built."""
+
+import pytest
+
+from celery_stack_beat.rules_schedule import refuse_duplicates
+from celery_stack_beat.runner import slot_id
+from celery_stack_beat.schedule import Entry, schedule
+from celery_stack_core.config import Settings
+
+
+def test_every_rule_has_an_entry_with_its_limits():
+    entries = {e.name: e for e in schedule(Settings())}
+    coupons = entries["check-expired-coupons"]
+    assert (coupons.task, coupons.every, coupons.queue) == (
+        "maintenance.rule.check-expired-coupons",
+        300,
+        "maintenance",
+    )
+    nightly = entries["cleanup-long-inactive-chats"]
+    assert (nightly.cron, nightly.catch_up, nightly.time_limit) == ("0 2 * * *", "once", 1800)
+    assert slot_id(coupons, 1_800_000_000_000) == "beat:check-expired-coupons:1800000000000"
+    assert sum(e.task.startswith("maintenance.rule.") for e in entries.values()) == 11
+
+
+def test_operator_rules_and_overrides_reach_the_schedule():
+    mine = {
+        "name": "expire-vouchers",
+        "kind": "transition",
+        "cron": "*/5 * * * *",
+        "table": "vouchers",
+        "timestamp": "valid_until",
+        "from": ["active"],
+        "to": "expired",
+    }
+    s = Settings(
+        MAINTENANCE_RULES=[mine],
+        MAINTENANCE_RULE_OVERRIDES={"check-expired-coupons": {"every": 3}},
+    )
+    entries = {e.name: e for e in schedule(s)}
+    assert entries["expire-vouchers"].cron == "*/5 * * * *"
+    assert entries["check-expired-coupons"].every == 3
+
+
+def test_an_entry_name_defined_twice_is_refused():
+    e = Entry("x", "maintenance.outbox_relay", 1.0)
+    with pytest.raises(ValueError, match="beat entry 'x' is defined twice"):
+        refuse_duplicates([e, e])
