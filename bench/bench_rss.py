@@ -19,13 +19,28 @@ import time
 import urllib.request
 from typing import Any
 
-from bench.common import BenchEnv, Proc, http_ok, table, tree_memory, verdict, wait_for
-from celery_stack_devstack.servers import free_port
+from bench.common import (
+    BenchEnv,
+    http_ok,
+    seed_posts,
+    start_api,
+    start_counters_worker,
+    table,
+    total_views,
+    tree_memory,
+    verdict,
+)
 
 TARGET_API_MB = 150.0
 TARGET_WORKER_MB = 200.0
 CONCURRENCY = 2
 SETTLE = 5.0  # seconds idle before measuring
+MEASURES = ("services/api", "services/worker-counters", "libs/core", "bench/bench_rss.py")
+TARGETS = {
+    "api_rss_mb": ("<=", TARGET_API_MB, "idle RSS of the API process (MB)"),
+    "worker_rss_mb": ("<=", TARGET_WORKER_MB, "idle RSS, counters worker + 2 children, summed"),
+    "worker_pss_mb": ("<=", TARGET_WORKER_MB, "idle PSS, counters worker + 2 children, summed"),
+}
 
 
 def _post(url: str, token: str) -> int:
@@ -42,42 +57,9 @@ def _get(url: str, token: str) -> int:
         return int(resp.status)
 
 
-async def _seed(env: BenchEnv) -> None:
-    from sqlalchemy import text
-
-    from celery_stack_core.db import make_engine
-
-    engine = make_engine(env.settings())
-    try:
-        async with engine.begin() as conn:
-            await conn.execute(text("INSERT INTO posts (author_id, title) VALUES ('b', 'p')"))
-    finally:
-        await engine.dispose()
-
-
-async def _views(env: BenchEnv) -> int:
-    from sqlalchemy import text
-
-    from celery_stack_core.db import make_engine
-
-    engine = make_engine(env.settings())
-    try:
-        async with engine.connect() as conn:
-            return int((await conn.execute(text("SELECT views FROM posts WHERE id = 1"))).scalar())
-    finally:
-        await engine.dispose()
-
-
 def _api(env: BenchEnv) -> dict[str, float]:
-    port = free_port()
-    api: Proc = env.start(
-        "api",
-        [env.bin("celery-stack-api"), "serve", "--host", "127.0.0.1", "--port", str(port)],
-        env.child_env(LOG_LEVEL="WARNING"),
-    )
+    api, base = start_api(env)
     try:
-        base = f"http://127.0.0.1:{port}"
-        wait_for(lambda: http_ok(f"{base}/healthz"), 60, "api /healthz")
         token = "dev-user-token"
         for _ in range(20):
             assert _post(f"{base}/api/v1/posts/1/views", token) == 202
@@ -93,23 +75,13 @@ def _api(env: BenchEnv) -> dict[str, float]:
 def _worker(env: BenchEnv) -> dict[str, float]:
     from celery_stack_core.celery_app import make_celery
 
-    run = env.work_dir / "rss-worker"
-    run.mkdir(exist_ok=True)
-    worker = env.start(
-        "worker-counters",
-        [env.bin("celery-stack-worker-counters"), "--concurrency", str(CONCURRENCY)],
-        env.child_env(
-            PROMETHEUS_MULTIPROC_DIR=str(run / "prometheus"),
-            WORKER_HEARTBEAT_FILE=str(run / "alive"),
-        ),
-    )
+    worker = start_counters_worker(env, CONCURRENCY)
     beat = make_celery(env.settings(), "bench-beat")
     try:
         # Both children run a flush (one at a time, prefetch 1) before we measure.
         deadline = time.monotonic() + 120
-        while asyncio.run(_views(env)) < 20:
-            if not worker.alive():
-                raise RuntimeError(f"worker exited:\n{worker.output()[-3000:]}")
+        while asyncio.run(total_views(env)) < 20:
+            worker.check()
             if time.monotonic() > deadline:
                 raise TimeoutError("the worker never flushed the views")
             for _ in range(CONCURRENCY):
@@ -128,7 +100,7 @@ def _worker(env: BenchEnv) -> dict[str, float]:
 
 
 def run(env: BenchEnv) -> dict[str, float]:
-    asyncio.run(_seed(env))
+    asyncio.run(seed_posts(env, 1))
     api = _api(env)  # its 20 views stay buffered for the worker to flush
     worker = _worker(env)
     rows: list[list[Any]] = [

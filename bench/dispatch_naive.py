@@ -1,9 +1,14 @@
-"""Field report 004's dispatch design, for bench_dispatch only (never product code):
+"""Field report 004's dispatch design as written, for bench_dispatch only (never product code).
 
-- producer: take a Redis lock, INSERT + COMMIT the row, SETEX a `task_created:{id}` marker,
-  `send_task(..., countdown=2)` "so the transaction is surely committed", release the lock;
-- worker task: check the marker and the row with up to 5 tries and a growing sleep
-  (1.0 s x 1.5^n), then mark the row running.
+- producer (the report's async API handler): under a Redis lock (`lock_manager.lock(key,
+  timeout=30, expire_time=60)`), `db.add(task)`, `await db.commit()`, `await db.refresh(task)`,
+  SETEX a `task_created:{id}` marker for 300 s; then `send_task(..., countdown=2)` "so the
+  transaction is surely committed".
+- worker task: `_check_task_exists`: up to 5 tries, each a GET of the marker on the process's
+  one Redis client (`cache_manager.redis_client`) and, if present, a SELECT on a pooled
+  session; 1.0 s sleep growing x1.5 between tries. Then the scan itself: the same `run_scan`
+  our worker runs (which marks the row running: `started_at`), so both designs do the same
+  work per scan and only the dispatch differs.
 
 Run as a worker with `python -m celery -A bench.dispatch_naive worker -Q naive`.
 """
@@ -12,69 +17,82 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 import uuid
+from typing import Any
 
-import asyncpg
-import redis
 from celery import Celery
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from celery_stack_core import aio, connections
+from celery_stack_core.models import Scan
 
 QUEUE = "naive"
+TASK = "scan_domain_task"
 app = Celery("naive", broker=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
 app.conf.update(
     task_serializer="json",
     accept_content=["json"],
     task_acks_late=True,
     task_reject_on_worker_lost=True,
-    worker_prefetch_multiplier=1,
     task_ignore_result=True,
     task_default_queue=QUEUE,
     worker_hijack_root_logger=False,
+    broker_connection_retry_on_startup=True,
 )
 
 
-def _dsn() -> str:
-    return os.environ["DATABASE_URL"].replace("postgresql+asyncpg://", "postgresql://", 1)
-
-
-async def _exists_and_start(scan_id: str) -> bool:
-    conn = await asyncpg.connect(_dsn())
-    try:
-        row = await conn.fetchrow("SELECT id FROM scans WHERE id = $1", uuid.UUID(scan_id))
-        if row is None:
-            return False
-        await conn.execute(
-            "UPDATE scans SET status = 'running', started_at = now() WHERE id = $1",
-            uuid.UUID(scan_id),
-        )
-        return True
-    finally:
-        await conn.close()
-
-
-@app.task(name="scan_domain_task")
-def scan_domain_task(scan_id: str) -> bool:
-    r = redis.Redis.from_url(os.environ["REDIS_URL"])
-    delay = 1.0
-    for attempt in range(5):
-        if r.get(f"task_created:{scan_id}") and asyncio.run(_exists_and_start(scan_id)):
-            return True
-        if attempt < 4:
-            time.sleep(delay)
-            delay *= 1.5
+async def _check_task_exists(scan_id: str, max_retries: int = 5, retry_delay: float = 1.0) -> bool:
+    redis = connections.redis()
+    for attempt in range(max_retries):
+        if await redis.get(f"task_created:{scan_id}"):
+            async with AsyncSession(connections.engine()) as db:
+                found = await db.scalar(select(Scan.id).where(Scan.id == uuid.UUID(scan_id)))
+            if found is not None:
+                return True
+        if attempt < max_retries - 1:
+            await asyncio.sleep(retry_delay)
+            retry_delay *= 1.5
     return False
 
 
-async def create(conn: asyncpg.Connection, r: redis.Redis, domain: str) -> str:
-    """The report's API handler: lock, insert + commit, marker, countdown=2."""
-    scan_id = str(uuid.uuid4())
-    lock = r.lock(f"lock:task_create:{scan_id}", timeout=60, blocking_timeout=30)
-    with lock:
-        await conn.execute(
-            "INSERT INTO scans (id, owner, domain) VALUES ($1, 'bench', $2)",
-            uuid.UUID(scan_id),
-            domain,
-        )
-        r.setex(f"task_created:{scan_id}", 300, "created")
-        app.send_task("scan_domain_task", args=[scan_id], countdown=2, queue=QUEUE)
-    return scan_id
+async def _scan(scan_id: str) -> str:
+    from celery_stack_core.config import get_settings
+    from celery_stack_core.identity import owner_id
+    from celery_stack_scans.run import RunLimits, run_scan
+    from celery_stack_scans.scanner import ScanOptions
+
+    if not await _check_task_exists(scan_id):
+        return "missing"
+    settings = get_settings()
+    return await run_scan(
+        connections.engine(),
+        uuid.UUID(scan_id),
+        1,
+        worker=owner_id(settings),
+        options=ScanOptions.from_settings(settings),
+        limits=RunLimits(
+            heartbeat_interval=settings.scans.heartbeat_interval,
+            stale_after=settings.scans.heartbeat_stale,
+            max_deliveries=settings.scans.max_deliveries,
+            deadline=60.0,
+        ),
+    )
+
+
+@app.task(name=TASK)
+def scan_domain_task(scan_id: str) -> str:
+    return aio.run(_scan(scan_id))
+
+
+async def create(session: AsyncSession, redis: Any, domain: str, config: dict[str, Any]) -> str:
+    """The report's API handler: lock, insert + commit + refresh, marker, countdown=2."""
+    scan_id = uuid.uuid4()
+    async with redis.lock(f"lock:task_create:{scan_id}", timeout=60, blocking_timeout=30):
+        task = Scan(id=scan_id, owner="bench", domain=domain, config=config)
+        session.add(task)
+        await session.commit()
+        await session.refresh(task)
+        await redis.setex(f"task_created:{scan_id}", 300, "created")
+    app.send_task(TASK, args=[str(scan_id)], countdown=2, queue=QUEUE)
+    return str(scan_id)

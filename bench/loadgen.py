@@ -17,6 +17,7 @@ import asyncio
 import json
 import random
 import time
+from pathlib import Path
 
 
 async def _connection(
@@ -68,15 +69,20 @@ async def _connection(
 async def _main(args: argparse.Namespace) -> dict[str, object]:
     headers = "".join(f"{h}\r\n" for h in args.header)
     rng = random.Random(7)
+    body = Path(args.body_file).read_bytes() if args.body_file else b""
+    if body:
+        headers += "Content-Type: application/json\r\n"
     requests = [
         (
             f"{args.method} {args.path_template.format(id=rng.randint(1, args.ids))} HTTP/1.1\r\n"
-            f"Host: {args.host}:{args.port}\r\n{headers}Content-Length: 0\r\n\r\n"
+            f"Host: {args.host}:{args.port}\r\n{headers}Content-Length: {len(body)}\r\n\r\n"
         ).encode()
-        for _ in range(10_000)
+        + body
+        for _ in range(1 if body else 10_000)
     ]
     latencies: list[float] = []
     statuses: dict[int, int] = {}
+    epoch = time.time()
     start = time.perf_counter()
     record_from = start + args.warmup
     deadline = record_from + args.duration
@@ -104,6 +110,7 @@ async def _main(args: argparse.Namespace) -> dict[str, object]:
 
     return {
         "generator": "python-asyncio",
+        "started_epoch": epoch,
         "mode": f"open loop at {args.rate:.0f} req/s" if args.rate else "closed loop",
         "connections": args.connections,
         "requests": len(latencies),
@@ -131,6 +138,7 @@ def main() -> None:
         "--rate", type=float, default=0.0, help="requests/s in all (open loop); 0 = closed loop"
     )
     p.add_argument("--header", action="append", default=[])
+    p.add_argument("--body-file", default="", help="send this JSON body with every request")
     p.add_argument("--dump", action="store_true", help="include every latency (ms) in the output")
     p.add_argument("--out", default="", help="write the JSON here instead of stdout")
     args = p.parse_args()

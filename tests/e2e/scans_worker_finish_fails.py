@@ -4,7 +4,8 @@ Production code has no such switch; only this script installs it."""
 
 import sys
 
-from celery_stack_scans import lifecycle, run
+from celery_stack_core.hooks import HOOKS
+from celery_stack_scans import lifecycle
 
 current = {"domain": ""}
 
@@ -23,7 +24,7 @@ async def finish(*args, **kwargs):
     return await real_finish(*args, **kwargs)
 
 
-run.step_hook = remember
+HOOKS.install("scans", remember)
 lifecycle.finish = finish
 
 from celery_stack_scans.cli import main  # noqa: E402

@@ -6,7 +6,7 @@ import os
 import signal
 import sys
 
-from celery_stack_scans import run
+from celery_stack_core.hooks import HOOKS
 
 
 def die(step: str, domain: str) -> None:
@@ -14,7 +14,7 @@ def die(step: str, domain: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-run.step_hook = die
+HOOKS.install("scans", die)
 
 from celery_stack_scans.cli import main  # noqa: E402
 

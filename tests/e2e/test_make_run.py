@@ -53,6 +53,7 @@ def test_local_stack_starts_and_stops_cleanly():
             str(run_dir),
             "--api-port",
             str(port),
+            "--move-ports",  # other runs may hold the default ports on a shared machine
         ],
         env=env,
         stdout=log,
@@ -67,8 +68,17 @@ def test_local_stack_starts_and_stops_cleanly():
             except httpx.HTTPError:
                 return proc.poll() is not None
 
-        wait_until(ready, 180, interval=0.5, what="the local stack")
+        def banner():
+            return "celery-stack is running" in (run_dir / "stack.log").read_text() or (
+                proc.poll() is not None
+            )
+
+        wait_until(banner, 180, interval=0.2, what="the banner")
         assert proc.poll() is None, (run_dir / "stack.log").read_text()[-3000:]
+        # The banner comes once the API is ready (it came 11-54 s before it accepted requests)
+        assert ready() and proc.poll() is None
+        stack_env = (run_dir / "stack.env").read_text()  # what the CLIs read
+        assert "REDIS_URL=redis://127.0.0.1:" in stack_env and "DATABASE_URL=" in stack_env
         h = {"Authorization": f"Bearer {DEV_USER_TOKEN}", "X-User-Id": "u"}
         post = httpx.post(f"{base}/api/v1/posts", json={"title": "t"}, headers=h).json()["id"]
         httpx.post(f"{base}/api/v1/posts/{post}/views", headers=h)
@@ -96,6 +106,9 @@ def test_local_stack_starts_and_stops_cleanly():
     text = (run_dir / "stack.log").read_text()
     assert code == 0, text[-3000:]
     assert "stopped" in text
+    assert "Hitting Ctrl+C again" not in text  # children get one SIGTERM, not the terminal's SIGINT
+    assert "superuser privileges" not in text
+    assert not (run_dir / "stack.env").exists()
     assert not (run_dir / "postgres" / "postmaster.pid").exists(), "PostgreSQL left running"
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"{base}/healthz", timeout=1)

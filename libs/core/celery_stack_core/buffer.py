@@ -10,11 +10,12 @@ import time
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
-from sqlalchemy import text
+from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from celery_stack_core import keys
 from celery_stack_core.lua import lua
+from celery_stack_core.models import Base
 from celery_stack_core.targets import TARGETS, TargetType
 from celery_stack_core.tracing import current_traceparent
 
@@ -27,7 +28,7 @@ def shard_keys(target: TargetType, field: str, target_id: int, shards: int) -> k
 MAX_TRACE_LINKS = 32
 
 
-async def increment(
+async def increment(  # noqa: PLR0913 - one id of one field; the options are keyword-only
     redis: aioredis.Redis,
     target: TargetType,
     field: str,
@@ -60,11 +61,10 @@ async def increment_in_db(
     conn: AsyncConnection, target: TargetType, field: str, target_id: int, delta: int = 1
 ) -> bool:
     """The fallback when Redis is down: one statement, applied directly. False if no such row."""
-    table = TARGETS[target].table
     assert field in TARGETS[target].buffered
+    table = Base.metadata.tables[TARGETS[target].table]
     res = await conn.execute(
-        text(f"UPDATE {table} SET {field} = {field} + :d WHERE id = :id"),
-        {"d": delta, "id": target_id},
+        update(table).where(table.c.id == target_id).values({field: table.c[field] + delta})
     )
     return bool(res.rowcount)
 

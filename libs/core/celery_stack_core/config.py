@@ -19,6 +19,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from celery_stack_core import queues as registry
 from celery_stack_core.queues import QUEUES, QueueSpec
 
 # Development tokens, accepted only when ENVIRONMENT=local or test (see Settings._check_tokens).
@@ -528,7 +529,7 @@ class Settings(BaseModel):
     def _check_queues(self) -> Settings:
         visibility = self.celery.visibility_timeout
         for name, queue in self.queues.items():
-            prefix = QUEUES[name].env_prefix if name in QUEUES else name.upper() + "_"
+            prefix = registry.spec(name).env_prefix
             if queue.soft_time_limit >= queue.time_limit:
                 raise ValueError(f"{prefix}SOFT_TIME_LIMIT must be below its TIME_LIMIT")
             if queue.time_limit >= visibility:
@@ -560,10 +561,8 @@ class Settings(BaseModel):
         return self.celery.result_backend or self.stores.redis_url
 
     def queue(self, name: str) -> QueueSettings:
-        """The settings of a registered queue (KeyError names the registry)."""
-        from celery_stack_core.queues import spec
-
-        return self.queues[spec(name).name]
+        """The settings of a registered queue (UnknownQueue names the registry)."""
+        return self.queues[registry.spec(name).name]
 
     def values(self) -> dict[str, Any]:
         """Every setting by its variable name (python values)."""
@@ -587,14 +586,17 @@ class Settings(BaseModel):
         names = self.env_names()
         for key, value in self.values().items():
             if names[key][0].startswith("queues.") and isinstance(value, list):
-                out[key] = ",".join(value)  # <QUEUE>_QUEUES is comma-separated
+                if value:
+                    out[key] = ",".join(value)  # <QUEUE>_QUEUES is comma-separated
             elif isinstance(value, list):
                 out[key] = json.dumps(
                     [v.model_dump() if isinstance(v, BaseModel) else v for v in value]
                 )
             elif isinstance(value, dict):
                 out[key] = json.dumps(value)
-            else:
+            elif value != "":
+                # Empty is left out, never exported as "": some libraries read these variables
+                # themselves (prometheus_client takes PROMETHEUS_MULTIPROC_DIR="" as a directory).
                 out[key] = str(value)
         return out
 

@@ -1,5 +1,10 @@
-"""Every Redis key name, in one place. Keys of one counter shard share a hash tag, so the Lua
-scripts that touch several of them stay valid on Redis Cluster."""
+"""Every Redis key name, in one place.
+
+Redis Cluster: every Lua script's keys share one hash tag ({...}), so they hash to one slot: a
+counter shard's keys ({post:views:3}), the dirty set ({dirty}), the locks with their owners'
+records ({locks}) and beat's keys ({beat}). libs/core/tests/test_keys.py checks each script's
+key list.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +12,8 @@ import zlib
 from dataclasses import dataclass
 
 PREFIX = "cs"
-DIRTY = f"{PREFIX}:dirty"  # set of "type:id" whose action counts must be recounted
-DIRTY_CLAIMED = f"{PREFIX}:dirty:claimed"  # zset member -> claim time (ms)
+DIRTY = f"{PREFIX}:{{dirty}}"  # set of "type:id" whose action counts must be recounted
+DIRTY_CLAIMED = f"{PREFIX}:{{dirty}}:claimed"  # zset member -> claim time (ms)
 
 
 def shard_of(target_id: int, shards: int) -> int:
@@ -63,16 +68,21 @@ def unique_viewers(target: str, target_id: int) -> str:
     return f"{PREFIX}:uv:{target}:{target_id}"
 
 
+# --- locks: one hash tag for the locks and their owners' records (lock_*.lua touch both) ------
+LOCKS = f"{PREFIX}:{{locks}}"
+LOCK_PATTERN = f"{LOCKS}:lock:*"  # SCAN MATCH pattern of every lock key
+
+
 def lock(name: str) -> str:
-    return f"{PREFIX}:lock:{name}"
+    return f"{LOCKS}:lock:{name}"
 
 
 def owner_locks(owner_id: str) -> str:
-    return f"{PREFIX}:owner:{owner_id}:locks"
+    return f"{LOCKS}:owner:{owner_id}:locks"
 
 
 def owner_heartbeat(owner_id: str) -> str:
-    return f"{PREFIX}:owner:{owner_id}:alive"
+    return f"{LOCKS}:owner:{owner_id}:alive"
 
 
 # --- beat: one hash tag, so the claim script's keys stay in one Cluster slot -------------------

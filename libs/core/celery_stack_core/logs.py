@@ -9,6 +9,8 @@ from typing import Any
 from opentelemetry import trace
 from pythonjsonlogger.json import JsonFormatter
 
+from celery_stack_core import logsummary
+
 
 class _Formatter(JsonFormatter):
     def __init__(self, service: str) -> None:
@@ -32,6 +34,7 @@ class _Formatter(JsonFormatter):
 def configure_logging(service: str, level: str = "INFO") -> None:
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(_Formatter(service))
+    logsummary.install(handler)  # periodic no-op task runs: DEBUG + a summary a minute
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

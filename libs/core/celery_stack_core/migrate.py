@@ -16,7 +16,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import text
+from sqlalchemy import literal, select
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from celery_stack_core.config import get_settings
@@ -39,7 +39,7 @@ async def wait_for_database(url: str, timeout: float = 60.0) -> None:
         engine = create_async_engine(url)
         try:
             async with engine.connect() as conn:
-                await conn.execute(text("select 1"))
+                await conn.execute(select(literal(1)))
             return
         except Exception as exc:  # any connection error: keep waiting until the deadline
             if time.monotonic() > deadline:

@@ -196,6 +196,7 @@ class Outbox(Base):
 
     __tablename__ = "outbox"
     __table_args__ = (
+        # DDL: the partial index predicate, as migration 0002 writes it.
         Index("ix_outbox_unsent", "created_at", postgresql_where=text("sent_at IS NULL")),
     )
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)

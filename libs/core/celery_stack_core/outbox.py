@@ -15,7 +15,6 @@ the message carries it on, so the worker continues that trace.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -24,15 +23,17 @@ from typing import Any
 from celery import Celery
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from sqlalchemy import text
+from sqlalchemy import Update, extract, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from celery_stack_core import metrics
 from celery_stack_core.celery_app import queue_of
+from celery_stack_core.models import Outbox
 from celery_stack_core.tracing import extract_context, inject_context
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
+OUTBOX = Outbox.__table__
 
 
 @dataclass(frozen=True)
@@ -59,22 +60,19 @@ async def add(
     """Write one message in the caller's transaction; it exists only if that transaction commits."""
     queue = queue_of(task_name)  # an unroutable task is refused before anything is written
     carrier = inject_context()
-    row = await conn.execute(
-        text(
-            "INSERT INTO outbox (task_name, task_id, queue, args, kwargs, trace_context) "
-            "VALUES (:n, :t, :q, CAST(:a AS jsonb), CAST(:k AS jsonb), CAST(:c AS jsonb)) "
-            "RETURNING id"
-        ),
-        {
-            "n": task_name,
-            "t": task_id,
-            "q": queue,
-            "a": json.dumps(args),
-            "k": json.dumps(kwargs or {}),
-            "c": json.dumps(carrier),
-        },
+    res = await conn.execute(
+        insert(OUTBOX)
+        .values(
+            task_name=task_name,
+            task_id=task_id,
+            queue=queue,
+            args=args,
+            kwargs=kwargs or {},
+            trace_context=carrier,
+        )
+        .returning(OUTBOX.c.id)
     )
-    return OutboxMessage(row.scalar_one(), task_name, task_id, args, kwargs or {}, carrier)
+    return OutboxMessage(res.scalar_one(), task_name, task_id, args, kwargs or {}, carrier)
 
 
 def send(app: Celery, msg: OutboxMessage) -> None:
@@ -121,14 +119,16 @@ def celery_publisher(app: Celery) -> Publisher:
 
 async def mark_sent(engine: AsyncEngine, ids: list[int]) -> int:
     async with engine.begin() as conn:
-        res = await conn.execute(
-            text(
-                "UPDATE outbox SET sent_at = now(), attempts = attempts + 1 "
-                "WHERE id = ANY(:ids) AND sent_at IS NULL"
-            ),
-            {"ids": ids},
-        )
+        res = await conn.execute(_sent(ids).where(OUTBOX.c.sent_at.is_(None)))
         return int(res.rowcount or 0)
+
+
+def _sent(ids: list[int]) -> Update:
+    return (
+        update(OUTBOX)
+        .where(OUTBOX.c.id.in_(ids))
+        .values(sent_at=func.now(), attempts=OUTBOX.c.attempts + 1)
+    )
 
 
 async def publish_now(engine: AsyncEngine, publish: Publisher, msg: OutboxMessage) -> bool:
@@ -165,6 +165,10 @@ def _message(row: Any) -> OutboxMessage:
     )
 
 
+def _seconds(value: float) -> Any:
+    return func.make_interval(0, 0, 0, 0, 0, 0, value)
+
+
 @dataclass(frozen=True)
 class RelayResult:
     sent: int
@@ -182,18 +186,17 @@ async def relay(
     """
     sent: list[int] = []
     failed = 0
+    c = OUTBOX.c
+    unsent = (
+        select(c.id, c.task_name, c.task_id, c.args, c.kwargs, c.trace_context)
+        .where(c.sent_at.is_(None), c.created_at < func.now() - _seconds(min_age))
+        .order_by(c.created_at)
+        .limit(batch_size)
+        # SKIP LOCKED: concurrent relays split the backlog instead of sending a row twice.
+        .with_for_update(skip_locked=True)
+    )
     async with engine.begin() as conn:
-        rows = (
-            await conn.execute(
-                text(
-                    "SELECT id, task_name, task_id, args, kwargs, trace_context FROM outbox "
-                    "WHERE sent_at IS NULL AND created_at < now() - make_interval(secs => :age) "
-                    "ORDER BY created_at LIMIT :n FOR UPDATE SKIP LOCKED"
-                ),
-                {"age": min_age, "n": batch_size},
-            )
-        ).all()
-        for row in rows:
+        for row in (await conn.execute(unsent)).all():
             msg = _message(row)
             try:
                 await publish(msg)
@@ -201,22 +204,15 @@ async def relay(
                 failed += 1
                 metrics.OUTBOX_PUBLISH_FAILURES.labels("relay").inc()
                 await conn.execute(
-                    text(
-                        "UPDATE outbox SET attempts = attempts + 1, last_error = :e WHERE id = :id"
-                    ),
-                    {"id": msg.id, "e": repr(exc)[:500]},
+                    update(OUTBOX)
+                    .where(c.id == msg.id)
+                    .values(attempts=c.attempts + 1, last_error=repr(exc)[:500])
                 )
                 # The broker is most likely down: the rest of the batch would fail the same way.
                 break
             sent.append(msg.id)
         if sent:
-            await conn.execute(
-                text(
-                    "UPDATE outbox SET sent_at = now(), attempts = attempts + 1 "
-                    "WHERE id = ANY(:ids)"
-                ),
-                {"ids": sent},
-            )
+            await conn.execute(_sent(sent))
     if sent:
         metrics.OUTBOX_SENT.labels("relay").inc(len(sent))
         log.info("outbox relay sent unsent rows", extra={"sent": len(sent), "failed": failed})
@@ -225,14 +221,11 @@ async def relay(
 
 async def backlog(engine: AsyncEngine) -> tuple[int, float]:
     """Unsent rows and the age in seconds of the oldest one (0 when none)."""
+    c = OUTBOX.c
+    query = select(
+        func.count().label("n"),
+        func.coalesce(extract("epoch", func.now() - func.min(c.created_at)), 0).label("age"),
+    ).where(c.sent_at.is_(None))
     async with engine.connect() as conn:
-        row = (
-            await conn.execute(
-                text(
-                    "SELECT count(*) AS n, "
-                    "COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0) AS age "
-                    "FROM outbox WHERE sent_at IS NULL"
-                )
-            )
-        ).one()
+        row = (await conn.execute(query)).one()
     return int(row.n), float(row.age)

@@ -70,3 +70,10 @@ def test_env_round_trips(monkeypatch):
     for key, value in s.env().items():
         monkeypatch.setenv(key, value)
     assert Settings() == s
+
+
+def test_env_leaves_empty_values_out():
+    """prometheus_client treats a set-but-empty PROMETHEUS_MULTIPROC_DIR as a directory (the
+    current one) and litters it with .db files."""
+    env = Settings().env()
+    assert "PROMETHEUS_MULTIPROC_DIR" not in env and "CELERY_BROKER_URL" not in env

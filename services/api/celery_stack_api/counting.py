@@ -120,7 +120,7 @@ async def read_counts(state: AppState, target: TargetType, target_id: int) -> di
 
 
 async def set_action(
-    state: AppState, target: TargetType, target_id: int, user: str, kind: ActionKind, on: bool
+    state: AppState, target: TargetType, target_id: int, user: str, kind: ActionKind, *, on: bool
 ) -> bool:
     """Record (on) or remove (off) one user's action; idempotent. Returns whether it changed."""
     table = TARGETS[target].table

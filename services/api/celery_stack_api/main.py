@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
-import redis.exceptions
-from fastapi import FastAPI, Request, status
-from fastapi.responses import JSONResponse
-from sqlalchemy.exc import SQLAlchemyError
+from fastapi import FastAPI, status
 
+from celery_stack_api import errors, openapi
 from celery_stack_api.auth import TokenTable
 from celery_stack_api.counting import NotFound, Unavailable
 from celery_stack_api.docs import install_offline_docs
@@ -28,14 +26,6 @@ from celery_stack_core.redis_client import make_async_redis
 from celery_stack_core.tracing import flush_tracing, setup_tracing
 
 log = logging.getLogger(__name__)
-RETRY_AFTER = {"Retry-After": "5"}
-
-
-def _status_handler(code: int) -> Callable[[Request, Exception], Awaitable[JSONResponse]]:
-    async def handle(request: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, code)
-
-    return handle
 
 
 def create_app(settings: Settings | None = None, *, view_fast_path: bool = True) -> FastAPI:
@@ -71,7 +61,6 @@ def create_app(settings: Settings | None = None, *, view_fast_path: bool = True)
         redoc_url=None,
     )
     install_offline_docs(app)
-    app.add_middleware(BodyLimit, max_bytes=settings.api.max_body_bytes)
     app.include_router(health.router)
     app.include_router(counters.router)
     app.include_router(content.router)
@@ -80,34 +69,17 @@ def create_app(settings: Settings | None = None, *, view_fast_path: bool = True)
     app.include_router(rules.router)
     app.include_router(examples.router)
 
-    @app.exception_handler(NotFound)
-    async def _not_found(request: Request, exc: NotFound) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status.HTTP_404_NOT_FOUND)
-
-    # Scan errors map to status codes here, once, instead of in every route.
-    for exc_class, code in (
-        (ScanNotFound, status.HTTP_404_NOT_FOUND),
-        (ScanConflict, status.HTTP_409_CONFLICT),
-        (BadCursor, status.HTTP_422_UNPROCESSABLE_CONTENT),
-    ):
-        app.add_exception_handler(exc_class, _status_handler(code))
-
-    @app.exception_handler(Unavailable)
-    async def _unavailable(request: Request, exc: Unavailable) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status.HTTP_503_SERVICE_UNAVAILABLE, RETRY_AFTER)
-
-    # A store that is down is the client's cue to retry, not a server bug: 503, never 500.
-    @app.exception_handler(SQLAlchemyError)
-    @app.exception_handler(redis.exceptions.ConnectionError)
-    @app.exception_handler(redis.exceptions.TimeoutError)
-    @app.exception_handler(OSError)
-    async def _store_down(request: Request, exc: Exception) -> JSONResponse:
-        log.warning("store unavailable", extra={"path": request.url.path, "error": repr(exc)})
-        return JSONResponse(
-            {"detail": "a backing store is unavailable, retry later"},
-            status.HTTP_503_SERVICE_UNAVAILABLE,
-            RETRY_AFTER,
-        )
+    errors.install(
+        app,
+        {
+            NotFound: status.HTTP_404_NOT_FOUND,
+            ScanNotFound: status.HTTP_404_NOT_FOUND,
+            ScanConflict: status.HTTP_409_CONFLICT,
+            BadCursor: status.HTTP_422_UNPROCESSABLE_CONTENT,
+            Unavailable: status.HTTP_503_SERVICE_UNAVAILABLE,
+        },
+    )
+    openapi.install(app)
 
     if setup_tracing("api", settings):
         from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
@@ -116,5 +88,9 @@ def create_app(settings: Settings | None = None, *, view_fast_path: bool = True)
     elif view_fast_path:
         # The view ingest hot path without FastAPI's per-request cost (see fastpath.py).
         app.add_middleware(ViewFastPath, api=app)
-    app.add_middleware(HttpMetrics)  # outermost: the fast path's views are counted too
+    # The last added is the outermost: the size limit first (nothing reads a larger body),
+    # then the text rule, so the fast path above sees only acceptable text too.
+    app.add_middleware(errors.TextGuard)
+    app.add_middleware(BodyLimit, max_bytes=settings.api.max_body_bytes)
+    app.add_middleware(HttpMetrics)  # outermost: every answer is counted, 413s too
     return app

@@ -19,18 +19,31 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import (
+    ColumnElement,
+    Row,
+    Select,
+    and_,
+    delete,
+    func,
+    literal,
+    select,
+    tuple_,
+    update,
+)
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from celery_stack_api.state import AppState
 from celery_stack_core import metrics, outbox
-from celery_stack_core.models import TERMINAL_STATUSES
+from celery_stack_core.models import TERMINAL_STATUSES, Base
 from celery_stack_core.scan_spec import SCAN_TASK, task_id
 
-COLUMNS = (
-    "id, owner, domain, config, status, attempt, deliveries, worker, error, created_at, "
-    "queued_at, started_at, heartbeat_at, finished_at"
-)
+SCANS = Base.metadata.tables["scans"]
+FINDINGS = Base.metadata.tables["findings"]
+# What the API shows of a scan: every column but the client's idempotency key.
+COLUMNS = [c for c in SCANS.c if c.name != "idempotency_key"]
+FINDING_COLUMNS = [c for c in FINDINGS.c if c.name != "scan_id"]
 
 
 class ScanNotFound(LookupError):
@@ -63,6 +76,23 @@ def _scan(row: Any) -> dict[str, Any]:
     return out
 
 
+def _visible(owner: str | None) -> list[ColumnElement[bool]]:
+    """What `owner` may see: its own scans; an admin (None) sees all."""
+    return [] if owner is None else [SCANS.c.owner == owner]
+
+
+def _this_scan(scan_id: uuid.UUID, owner: str | None) -> ColumnElement[bool]:
+    return and_(SCANS.c.id == scan_id, *_visible(owner))
+
+
+async def _lookup(conn: AsyncConnection, scan_id: uuid.UUID, owner: str | None) -> Row[Any]:
+    """The scan if `owner` may see it, else ScanNotFound (as if it did not exist)."""
+    row = (await conn.execute(select(*COLUMNS).where(_this_scan(scan_id, owner)))).first()
+    if row is None:
+        raise ScanNotFound(f"scan {scan_id} not found")
+    return row
+
+
 async def _enqueue(conn: AsyncConnection, scan_id: str, attempt: int) -> outbox.OutboxMessage:
     return await outbox.add(
         conn, task_name=SCAN_TASK, task_id=task_id(scan_id, attempt), args=[scan_id, attempt]
@@ -76,7 +106,7 @@ async def _dispatch(state: AppState, msg: outbox.OutboxMessage, hooks: ScanHooks
     await outbox.publish_now(state.engine, outbox.celery_publisher(state.celery), msg)
 
 
-async def create_scan(
+async def create_scan(  # noqa: PLR0913 - keyword-only fields of one create request
     state: AppState,
     *,
     owner: str,
@@ -87,29 +117,22 @@ async def create_scan(
 ) -> tuple[dict[str, Any], bool]:
     """Returns (scan, created). A repeated Idempotency-Key returns the first scan unchanged."""
     scan_id = str(uuid.uuid4())
+    stmt = (
+        insert(SCANS)
+        .values(
+            id=scan_id, owner=owner, domain=domain, config=config, idempotency_key=idempotency_key
+        )
+        .on_conflict_do_nothing(index_elements=[SCANS.c.owner, SCANS.c.idempotency_key])
+        .returning(*COLUMNS)
+    )
     async with state.engine.begin() as conn:
-        row = (
-            await conn.execute(
-                text(
-                    "INSERT INTO scans (id, owner, domain, config, idempotency_key) "
-                    "VALUES (:id, :o, :d, CAST(:c AS jsonb), :k) "
-                    "ON CONFLICT (owner, idempotency_key) DO NOTHING "
-                    f"RETURNING {COLUMNS}"
-                ),
-                {
-                    "id": scan_id,
-                    "o": owner,
-                    "d": domain,
-                    "c": json.dumps(config),
-                    "k": idempotency_key,
-                },
-            )
-        ).first()
+        row = (await conn.execute(stmt)).first()
         if row is None:
             existing = (
                 await conn.execute(
-                    text(f"SELECT {COLUMNS} FROM scans WHERE owner = :o AND idempotency_key = :k"),
-                    {"o": owner, "k": idempotency_key},
+                    select(*COLUMNS).where(
+                        SCANS.c.owner == owner, SCANS.c.idempotency_key == idempotency_key
+                    )
                 )
             ).one()
             if existing.domain != domain or dict(existing.config) != config:
@@ -121,22 +144,9 @@ async def create_scan(
     return _scan(row), True
 
 
-def _visible(owner: str | None) -> tuple[str, dict[str, Any]]:
-    return ("", {}) if owner is None else (" AND owner = :owner", {"owner": owner})
-
-
 async def get_scan(state: AppState, scan_id: uuid.UUID, owner: str | None) -> dict[str, Any]:
-    cond, params = _visible(owner)
     async with state.engine.connect() as conn:
-        row = (
-            await conn.execute(
-                text(f"SELECT {COLUMNS} FROM scans WHERE id = :id{cond}"),
-                {"id": scan_id, **params},
-            )
-        ).first()
-    if row is None:
-        raise ScanNotFound(f"scan {scan_id} not found")
-    return _scan(row)
+        return _scan(await _lookup(conn, scan_id, owner))
 
 
 def encode_cursor(created_at: datetime, scan_id: str) -> str:
@@ -168,28 +178,20 @@ async def list_scans(
     cursor: str | None,
     limit: int,
 ) -> dict[str, Any]:
-    """Newest first, keyset-paginated on (created_at, id): stable under concurrent inserts."""
-    cond, params = _visible(owner)
+    """Newest first, keyset-paginated on (created_at, id): stable under concurrent inserts.
+    An empty cursor is the first page."""
+    stmt: Select[Any] = select(*COLUMNS).where(*_visible(owner))
     if status is not None:
-        cond += " AND status = :status"
-        params["status"] = status
-    if cursor is not None:
+        stmt = stmt.where(SCANS.c.status == status)
+    if cursor:
         created, sid = decode_cursor(cursor)
-        cond += " AND (created_at, id) < (:c_at, :c_id)"
-        params.update(c_at=created, c_id=sid)
+        after = tuple_(literal(created, SCANS.c.created_at.type), literal(sid, SCANS.c.id.type))
+        stmt = stmt.where(tuple_(SCANS.c.created_at, SCANS.c.id) < after)
+    stmt = stmt.order_by(SCANS.c.created_at.desc(), SCANS.c.id.desc()).limit(limit + 1)
     async with state.engine.connect() as conn:
-        rows = (
-            await conn.execute(
-                text(
-                    f"SELECT {COLUMNS} FROM scans WHERE true{cond} "
-                    "ORDER BY created_at DESC, id DESC LIMIT :n"
-                ),
-                {**params, "n": limit + 1},
-            )
-        ).all()
+        rows = (await conn.execute(stmt)).all()
     items = [_scan(r) for r in rows[:limit]]
-    more = len(rows) > limit
-    last = rows[limit - 1] if more else None
+    last = rows[limit - 1] if len(rows) > limit else None
     return {
         "items": items,
         "next_cursor": encode_cursor(last.created_at, str(last.id)) if last is not None else None,
@@ -199,17 +201,15 @@ async def list_scans(
 async def list_findings(
     state: AppState, scan_id: uuid.UUID, owner: str | None, *, after: int, limit: int
 ) -> dict[str, Any]:
-    await get_scan(state, scan_id, owner)  # 404 unless visible
+    stmt = (
+        select(*FINDING_COLUMNS)
+        .where(FINDINGS.c.scan_id == scan_id, FINDINGS.c.id > after)
+        .order_by(FINDINGS.c.id)
+        .limit(limit + 1)
+    )
     async with state.engine.connect() as conn:
-        rows = (
-            await conn.execute(
-                text(
-                    "SELECT id, key, kind, severity, title, url, detail, created_at "
-                    "FROM findings WHERE scan_id = :id AND id > :after ORDER BY id LIMIT :n"
-                ),
-                {"id": scan_id, "after": after, "n": limit + 1},
-            )
-        ).all()
+        await _lookup(conn, scan_id, owner)
+        rows = (await conn.execute(stmt)).all()
     items = [dict(r._mapping) for r in rows[:limit]]
     return {
         "items": items,
@@ -220,22 +220,22 @@ async def list_findings(
 async def cancel_scan(state: AppState, scan_id: uuid.UUID, owner: str | None) -> dict[str, Any]:
     """Queued or running -> cancelled, at once. A running worker sees it at its next
     checkpoint and stops; its own terminal write is refused (the row is no longer its)."""
-    cond, params = _visible(owner)
+    stmt = (
+        update(SCANS)
+        .where(_this_scan(scan_id, owner), SCANS.c.status.in_(("queued", "running")))
+        .values(
+            status="cancelled",
+            finished_at=func.now(),
+            heartbeat_at=None,
+            error="cancelled through the API",
+        )
+        .returning(*COLUMNS)
+    )
     async with state.engine.begin() as conn:
-        row = (
-            await conn.execute(
-                text(
-                    "UPDATE scans SET status = 'cancelled', finished_at = now(), "
-                    "heartbeat_at = NULL, error = 'cancelled through the API' "
-                    f"WHERE id = :id AND status IN ('queued', 'running'){cond} "
-                    f"RETURNING {COLUMNS}"
-                ),
-                {"id": scan_id, **params},
-            )
-        ).first()
-    if row is None:
-        current = await get_scan(state, scan_id, owner)
-        raise ScanConflict(f"scan is already {current['status']}")
+        row = (await conn.execute(stmt)).first()
+        if row is None:
+            current = await _lookup(conn, scan_id, owner)
+            raise ScanConflict(f"scan is already {current.status}")
     metrics.SCANS_FINISHED.labels("cancelled").inc()
     return _scan(row)
 
@@ -245,27 +245,29 @@ async def retry_scan(
 ) -> dict[str, Any]:
     """A finished scan (any terminal state, `dead` included) gets a new attempt through the
     outbox; the old attempt's findings are replaced by the new one's."""
-    cond, params = _visible(owner)
+    stmt = (
+        update(SCANS)
+        .where(_this_scan(scan_id, owner), SCANS.c.status.in_(TERMINAL_STATUSES))
+        .values(
+            status="queued",
+            attempt=SCANS.c.attempt + 1,
+            deliveries=0,
+            error=None,
+            worker=None,
+            heartbeat_at=None,
+            started_at=None,
+            finished_at=None,
+            queued_at=func.now(),
+        )
+        .returning(*COLUMNS)
+    )
     async with state.engine.begin() as conn:
-        row = (
-            await conn.execute(
-                text(
-                    "UPDATE scans SET status = 'queued', attempt = attempt + 1, deliveries = 0, "
-                    "error = NULL, worker = NULL, heartbeat_at = NULL, started_at = NULL, "
-                    "finished_at = NULL, queued_at = now() "
-                    f"WHERE id = :id AND status = ANY(:terminal){cond} RETURNING {COLUMNS}"
-                ),
-                {"id": scan_id, "terminal": list(TERMINAL_STATUSES), **params},
-            )
-        ).first()
+        row = (await conn.execute(stmt)).first()
         if row is None:
-            msg = None
-        else:
-            await conn.execute(text("DELETE FROM findings WHERE scan_id = :id"), {"id": scan_id})
-            msg = await _enqueue(conn, str(row.id), int(row.attempt))
-    if msg is None:
-        current = await get_scan(state, scan_id, owner)
-        raise ScanConflict(f"only a finished scan can be retried; this one is {current['status']}")
+            current = await _lookup(conn, scan_id, owner)
+            raise ScanConflict(f"only a finished scan can be retried; this one is {current.status}")
+        await conn.execute(delete(FINDINGS).where(FINDINGS.c.scan_id == scan_id))
+        msg = await _enqueue(conn, str(row.id), int(row.attempt))
     await _dispatch(state, msg, hooks)
     return _scan(row)
 
@@ -273,13 +275,7 @@ async def retry_scan(
 async def delete_scan(state: AppState, scan_id: uuid.UUID, owner: str | None) -> None:
     """Findings go with it (ON DELETE CASCADE). A message still queued for it becomes a clean
     no-op in the worker (field report 002)."""
-    cond, params = _visible(owner)
+    stmt = delete(SCANS).where(_this_scan(scan_id, owner)).returning(SCANS.c.id)
     async with state.engine.begin() as conn:
-        row = (
-            await conn.execute(
-                text(f"DELETE FROM scans WHERE id = :id{cond} RETURNING id"),
-                {"id": scan_id, **params},
-            )
-        ).first()
-    if row is None:
-        raise ScanNotFound(f"scan {scan_id} not found")
+        if (await conn.execute(stmt)).first() is None:
+            raise ScanNotFound(f"scan {scan_id} not found")

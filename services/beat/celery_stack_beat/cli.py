@@ -73,8 +73,10 @@ def status(
 ) -> None:
     """Who leads, the current epoch, and the next due slot of every entry (from Redis)."""
     from celery_stack_beat.status import read_status
+    from celery_stack_core.localstack import use_local_stack
     from celery_stack_core.redis_client import make_async_redis
 
+    use_local_stack()  # `make run`'s stack, not a default URL that may be another Redis
     settings = get_settings()
     entries = load_schedule(schedule)(settings)
 

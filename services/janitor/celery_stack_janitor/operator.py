@@ -193,21 +193,15 @@ async def cleanup_fn(**_: Any) -> None:
 @kopf.on.resume(GROUP, VERSION, PLURAL)
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
-async def reconcile_fn(
-    *,
-    name: str,
-    namespace: str | None,
-    spec: kopf.Spec,
-    meta: kopf.Meta,
-    body: kopf.Body,
-    patch: kopf.Patch,
-    **_: Any,
-) -> None:
-    cronjob = cronjob_for(name, dict(spec), job_template(get_settings()))
+async def reconcile_fn(*, body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+    """kopf's handler arguments are keyword-only; the policy's name, namespace, spec and
+    generation all come from its body."""
+    name, namespace = body.metadata.name or "", body.metadata.namespace or "default"
+    cronjob = cronjob_for(name, dict(body.spec), job_template(get_settings()))
     kopf.adopt(cronjob, owner=body)
-    outcome = await apply_cronjob(cronjob, namespace or "default")
+    outcome = await apply_cronjob(cronjob, namespace)
     log.info("janitor policy reconciled", extra={"policy": name, "cronjob": outcome})
-    patch.status["observedGeneration"] = meta.get("generation")
+    patch.status["observedGeneration"] = body.meta.get("generation")
     patch.status["cronJob"] = cronjob["metadata"]["name"]
 
 

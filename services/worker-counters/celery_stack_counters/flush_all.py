@@ -21,7 +21,7 @@ def all_shards(shards: int) -> list[ShardKeys]:
     return [ShardKeys(t, f, n) for t, f in BUFFERED for n in range(shards)]
 
 
-async def flush_all(
+async def flush_all(  # noqa: PLR0913 - `hook` leaves when flush.py adopts core HOOKS
     redis: aioredis.Redis,
     engine: AsyncEngine,
     *,

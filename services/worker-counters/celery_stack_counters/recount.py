@@ -11,42 +11,62 @@ import time
 from collections import defaultdict
 
 import redis.asyncio as aioredis
-from sqlalchemy import text
+from sqlalchemy import BigInteger, Update, and_, bindparam, func, select, tuple_, update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from celery_stack_core import keys, metrics
 from celery_stack_core.lua import lua
+from celery_stack_core.models import Base, UserAction
 from celery_stack_core.targets import ACTION_COLUMNS, TARGETS, Target, TargetType
 
+ACTIONS = UserAction.__table__
 
-def recount_sql(target: Target) -> str:
-    """One statement: recompute the counts of the given ids, write only those that differ."""
-    aggs = [
-        f"count(a.id) FILTER (WHERE a.kind = '{kind}') AS {ACTION_COLUMNS[kind]}"
+
+def recount_statement(target: Target, ids: list[int]) -> Update:
+    """One statement: recompute the counts of the given ids, write only those that differ.
+
+    WITH ids AS (unnest of the ids), agg AS (ids LEFT JOIN user_actions, count per kind,
+    plus the comments) UPDATE <table> SET ... FROM agg WHERE the row differs RETURNING id.
+    """
+    table = Base.metadata.tables[target.table]
+    ids_cte = (
+        select(func.unnest(bindparam("ids", ids, type_=ARRAY(BigInteger))).label("id"))
+        .distinct()
+        .cte("ids")
+    )
+    counts = [
+        func.count(ACTIONS.c.id).filter(ACTIONS.c.kind == kind).label(ACTION_COLUMNS[kind])
         for kind in target.actions
     ]
-    if target.comment_table:
-        aggs.append(
-            f"(SELECT count(*) FROM {target.comment_table} c "
-            f"WHERE c.{target.comment_fk} = ids.id) AS comments"
+    if target.comment_table and target.comment_fk:
+        comments = Base.metadata.tables[target.comment_table]
+        counts.append(
+            select(func.count())
+            .select_from(comments)
+            .where(comments.c[target.comment_fk] == ids_cte.c.id)
+            .scalar_subquery()
+            .label("comments")
         )
+    joined = ids_cte.outerjoin(
+        ACTIONS, and_(ACTIONS.c.target_type == target.type, ACTIONS.c.target_id == ids_cte.c.id)
+    )
+    agg = select(ids_cte.c.id, *counts).select_from(joined).group_by(ids_cte.c.id).cte("agg")
     cols = target.recounted
-    sets = ", ".join(f"{c} = agg.{c}" for c in cols)
-    old = ", ".join(f"t.{c}" for c in cols)
-    new = ", ".join(f"agg.{c}" for c in cols)
     return (
-        "WITH ids AS (SELECT DISTINCT unnest(CAST(:ids AS bigint[])) AS id), "
-        f"agg AS (SELECT ids.id, {', '.join(aggs)} FROM ids "
-        "LEFT JOIN user_actions a ON a.target_type = :tt AND a.target_id = ids.id "
-        "GROUP BY ids.id) "
-        f"UPDATE {target.table} AS t SET {sets} FROM agg "
-        f"WHERE t.id = agg.id AND ROW({old}) IS DISTINCT FROM ROW({new}) RETURNING t.id"
+        update(table)
+        .values({c: agg.c[c] for c in cols})
+        .where(
+            table.c.id == agg.c.id,
+            tuple_(*(table.c[c] for c in cols)).is_distinct_from(tuple_(*(agg.c[c] for c in cols))),
+        )
+        .returning(table.c.id)
     )
 
 
 async def recount(conn: AsyncConnection, target: TargetType, ids: list[int]) -> int:
     """Recount `ids` of one target type; returns how many rows changed."""
-    res = await conn.execute(text(recount_sql(TARGETS[target])), {"ids": ids, "tt": target})
+    res = await conn.execute(recount_statement(TARGETS[target], ids))
     return len(res.fetchall())
 
 
@@ -88,9 +108,12 @@ async def reconcile(engine: AsyncEngine, *, batch_size: int) -> dict[str, int]:
         after, fixed = 0, 0
         while True:
             async with engine.begin() as conn:
+                table = Base.metadata.tables[target.table]
                 rows = await conn.execute(
-                    text(f"SELECT id FROM {target.table} WHERE id > :a ORDER BY id LIMIT :n"),
-                    {"a": after, "n": batch_size},
+                    select(table.c.id)
+                    .where(table.c.id > after)
+                    .order_by(table.c.id)
+                    .limit(batch_size)
                 )
                 ids = [r[0] for r in rows]
                 if not ids:

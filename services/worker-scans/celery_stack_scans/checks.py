@@ -31,7 +31,7 @@ class Finding:
     detail: dict[str, Any] = field(default_factory=dict)
 
 
-def finding(
+def finding(  # noqa: PLR0913 - builds a Finding: its fields, the optional ones keyword-only
     kind: str,
     severity: str,
     title: str,

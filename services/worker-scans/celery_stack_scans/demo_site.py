@@ -89,8 +89,9 @@ def handler_for(opts: SiteOptions) -> type[BaseHTTPRequestHandler]:
 class DemoSite:
     """HTTP (and optionally HTTPS) servers in daemon threads of this process."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - a demo server's options, keyword-only with defaults
         self,
+        *,
         host: str = "127.0.0.1",
         port: int = 0,
         https_port: int | None = None,
@@ -136,7 +137,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--slow", type=float, default=2.0, help="seconds /slow takes")
     args = parser.parse_args(argv)
     site = DemoSite(
-        args.host, args.port, args.https_port, args.cert, args.key, SiteOptions(slow=args.slow)
+        host=args.host,
+        port=args.port,
+        https_port=args.https_port,
+        cert=args.cert,
+        key=args.key,
+        opts=SiteOptions(slow=args.slow),
     )
     print(f"demo site on http://{args.host}:{site.http_port}/", flush=True)
     if site.https_port:

@@ -140,7 +140,6 @@ async def scan(
 ) -> ScanSummary:
     """Raises ScanFailed when nothing could be fetched; Blocked is a ScanFailed reason too."""
     max_pages = min(config.max_pages or opts.max_pages, opts.max_pages)
-    pages = 0
     total = 0
 
     async def emit(found: list[Finding]) -> bool:
@@ -149,70 +148,87 @@ async def scan(
         return await checkpoint(found)
 
     async with Fetcher(opts.fetch) as fetcher:
-        try:
-            tls_findings = await _tls(fetcher, domain, config.https_port, opts)
-        except Blocked as exc:
-            raise ScanFailed(str(exc)) from None
-        except FetchError as exc:
-            raise ScanFailed(f"{exc.kind}: {exc}") from None
-        found = list(tls_findings)
-        https_page, https_error = await _landing(
-            fetcher, _url("https", domain, config.https_port), found
-        )
-        http_page: Page | None = None
-        http_error: str | None = None
-        if config.check_http or https_page is None:
-            http_page, http_error = await _landing(
-                fetcher, _url("http", domain, config.http_port), found
-            )
-        landing = https_page or http_page
-        if landing is None:
-            raise ScanFailed(f"site unreachable (https: {https_error}; http: {http_error})")
-
-        if https_page is None:
-            found.append(
-                finding(
-                    "https_unavailable",
-                    "high",
-                    "The site is not served over HTTPS",
-                    url=_url("https", domain, config.https_port),
-                    detail={"error": https_error},
-                )
-            )
-        elif http_page is not None and not http_page.url.startswith("https:"):
-            found.append(
-                finding(
-                    "http_not_redirected",
-                    "medium",
-                    "Plain HTTP is served without a redirect to HTTPS",
-                    url=_url("http", domain, config.http_port),
-                )
-            )
-        for page in (https_page, http_page):
-            if page is not None:
-                found += checks.header_findings(page) + checks.disclosure_findings(page)
-        found += checks.page_findings(landing, config.content_rules)
-        pages = 1
+        landing, found = await _landing_findings(fetcher, domain, config, opts, emit)
         if not await emit(found):
-            return ScanSummary(pages, total, stopped=True)
+            return ScanSummary(1, total, stopped=True)
+        pages, stopped = await _crawl(fetcher, landing, max_pages, config, emit)
+    return ScanSummary(pages, total, stopped=stopped)
 
-        # Crawl the landing origin, breadth first; each page is a checkpoint.
-        queue = deque(checks.same_origin_links(landing))  # pop(0) of a list was quadratic
-        seen = {landing.url, *landing.redirects}
-        while queue and pages < max_pages:
-            url = queue.popleft()
-            if url in seen:
-                continue
-            seen.add(url)
-            try:
-                page = await fetcher.get(url)
-            except (FetchError, Blocked) as exc:
-                log.info("page fetch failed", extra={"url": url, "error": str(exc)})
-                continue
-            pages += 1
-            if checks.origin(page.url) != checks.origin(landing.url):
-                continue  # redirected off-origin: fetched safely, but not ours to judge
-            queue.extend(u for u in checks.same_origin_links(page) if u not in seen)
-            if not await emit(checks.page_findings(page, config.content_rules)):
-                return ScanSummary(pages, total, stopped=True)
-    return ScanSummary(pages, total, stopped=False)
+
+async def _landing_findings(
+    fetcher: Fetcher, domain: str, config: ScanConfig, opts: ScanOptions, emit: Checkpoint
+) -> tuple[Page, list[Finding]]:
+    """TLS, the HTTPS and HTTP landing pages and what they show; ScanFailed if neither loads
+    (what was found by then, e.g. redirect_blocked, is emitted first: a finding, not only
+    words in the error text)."""
+    try:
+        found = list(await _tls(fetcher, domain, config.https_port, opts))
+    except Blocked as exc:
+        raise ScanFailed(str(exc)) from None
+    except FetchError as exc:
+        raise ScanFailed(f"{exc.kind}: {exc}") from None
+    https_url = _url("https", domain, config.https_port)
+    http_url = _url("http", domain, config.http_port)
+    https_page, https_error = await _landing(fetcher, https_url, found)
+    http_page: Page | None = None
+    http_error: str | None = None
+    if config.check_http or https_page is None:
+        http_page, http_error = await _landing(fetcher, http_url, found)
+    landing = https_page or http_page
+    if landing is None:
+        if found:
+            await emit(found)
+        raise ScanFailed(f"site unreachable (https: {https_error}; http: {http_error})")
+    if https_page is None:
+        found.append(
+            finding(
+                "https_unavailable",
+                "high",
+                "The site is not served over HTTPS",
+                url=https_url,
+                detail={"error": https_error},
+            )
+        )
+    elif http_page is not None and not http_page.url.startswith("https:"):
+        found.append(
+            finding(
+                "http_not_redirected",
+                "medium",
+                "Plain HTTP is served without a redirect to HTTPS",
+                url=http_url,
+            )
+        )
+    for page in (https_page, http_page):
+        if page is not None:
+            found += checks.header_findings(page) + checks.disclosure_findings(page)
+    return landing, found + checks.page_findings(landing, config.content_rules)
+
+
+async def _crawl(
+    fetcher: Fetcher,
+    landing: Page,
+    max_pages: int,
+    config: ScanConfig,
+    emit: Checkpoint,
+) -> tuple[int, bool]:
+    """Crawl the landing origin breadth first, each page a checkpoint: (pages, stopped)."""
+    pages = 1
+    queue = deque(checks.same_origin_links(landing))  # pop(0) of a list was quadratic
+    seen = {landing.url, *landing.redirects}
+    while queue and pages < max_pages:
+        url = queue.popleft()
+        if url in seen:
+            continue
+        seen.add(url)
+        try:
+            page = await fetcher.get(url)
+        except (FetchError, Blocked) as exc:
+            log.info("page fetch failed", extra={"url": url, "error": str(exc)})
+            continue
+        pages += 1
+        if checks.origin(page.url) != checks.origin(landing.url):
+            continue  # redirected off-origin: fetched safely, but not ours to judge
+        queue.extend(u for u in checks.same_origin_links(page) if u not in seen)
+        if not await emit(checks.page_findings(page, config.content_rules)):
+            return pages, True
+    return pages, False

@@ -8,7 +8,7 @@ Celery has to interrupt it.
 
 from __future__ import annotations
 
-import contextlib
+import logging
 import uuid
 from typing import Any
 
@@ -24,9 +24,11 @@ from celery_stack_core.scan_spec import SCAN_TASK
 from celery_stack_core.tracing import extract_context
 from celery_stack_core.worker import install_hooks
 from celery_stack_scans import lifecycle
+from celery_stack_scans.lifecycle import Delivery
 from celery_stack_scans.run import RunLimits, run_scan
 from celery_stack_scans.scanner import ScanOptions
 
+log = logging.getLogger(__name__)
 settings = get_settings()
 app = make_celery(settings, "celery_stack_scans")
 install_hooks(app, settings, "worker-scans")
@@ -63,9 +65,7 @@ async def _traced(carrier: dict[str, str], scan_id: str, attempt: int, worker: s
         with tracer.start_as_current_span("scans.run", attributes={"scan.id": scan_id}):
             return await run_scan(
                 connections.engine(),
-                uuid.UUID(scan_id),
-                attempt,
-                worker=worker,
+                Delivery(uuid.UUID(scan_id), attempt, worker),
                 options=ScanOptions.from_settings(settings),
                 limits=limits(),
             )
@@ -90,11 +90,9 @@ def run(self: Any, scan_id: str, attempt: int) -> str:
             aio.run(
                 lifecycle.finish(
                     connections.engine(),
-                    uuid.UUID(scan_id),
-                    attempt,
-                    worker,
-                    "failed",
-                    "soft time limit exceeded",
+                    Delivery(uuid.UUID(scan_id), attempt, worker),
+                    status="failed",
+                    error="soft time limit exceeded",
                 )
             )
             return "failed"
@@ -102,8 +100,15 @@ def run(self: Any, scan_id: str, attempt: int) -> str:
         # Give the row up first, so the redelivery (even to this process) counts toward the
         # delivery cap instead of looping; if the database is what failed, this may fail too
         # and the redelivery's claim waits on it with backoff.
-        with contextlib.suppress(Exception):
-            aio.run(
-                lifecycle.release_dead(connections.engine(), uuid.UUID(scan_id), attempt, worker)
-            )
+        _give_up(Delivery(uuid.UUID(scan_id), attempt, worker))
         raise Reject(f"scan task raised {exc!r}"[:300], requeue=True) from exc
+
+
+def _give_up(d: Delivery) -> None:
+    try:
+        aio.run(lifecycle.release_dead(connections.engine(), d))
+    except Exception as exc:
+        log.warning(
+            "could not release a failed scan; its redelivery waits for the stale heartbeat",
+            extra={"scan_id": str(d.scan_id), "attempt": d.attempt, "error": repr(exc)},
+        )

@@ -9,7 +9,8 @@ import pytest
 from sqlalchemy import text
 
 from celery_stack_core import metrics
-from celery_stack_scans import run as run_mod
+from celery_stack_core.hooks import HOOKS
+from celery_stack_scans.lifecycle import Delivery
 from celery_stack_scans.run import RunLimits, run_scan
 
 LIMITS = RunLimits(heartbeat_interval=0.2, stale_after=1.0, max_deliveries=3, deadline=30)
@@ -50,8 +51,8 @@ def counter(metric, *labels):
 
 @pytest.fixture
 def hook():
-    yield lambda fn: setattr(run_mod, "step_hook", fn)
-    run_mod.step_hook = None
+    yield lambda fn: HOOKS.install("scans", fn)
+    HOOKS.remove("scans")
 
 
 async def test_scan_succeeds_once(clean_db, site, scan_options):
@@ -61,7 +62,7 @@ async def test_scan_succeeds_once(clean_db, site, scan_options):
         counter(metrics.SCANS_FINISHED, "succeeded"),
     )
     assert (
-        await run_scan(clean_db, sid, 1, worker="w1", options=scan_options(), limits=LIMITS)
+        await run_scan(clean_db, Delivery(sid, 1, "w1"), options=scan_options(), limits=LIMITS)
         == "succeeded"
     )
     r = await row(clean_db, sid)
@@ -73,7 +74,7 @@ async def test_scan_succeeds_once(clean_db, site, scan_options):
     assert counter(metrics.SCANS_FINISHED, "succeeded") == observed[1] + 1
     # a duplicate message for the same attempt: no-op, nothing duplicated, state unchanged
     assert (
-        await run_scan(clean_db, sid, 1, worker="w2", options=scan_options(), limits=LIMITS)
+        await run_scan(clean_db, Delivery(sid, 1, "w2"), options=scan_options(), limits=LIMITS)
         == "finished"
     )
     assert await finding_count(clean_db, sid) == n
@@ -98,14 +99,14 @@ async def test_redelivery_after_a_crash_does_not_duplicate_findings(
 
     hook(crash_after_first_page)
     with pytest.raises(Crash):
-        await run_scan(clean_db, sid, 1, worker="w1", options=scan_options(), limits=LIMITS)
+        await run_scan(clean_db, Delivery(sid, 1, "w1"), options=scan_options(), limits=LIMITS)
     partial = await finding_count(clean_db, sid)
     assert partial > 0 and (await row(clean_db, sid)).status == "running"
     hook(None)
     before = counter(metrics.SCAN_REDELIVERIES)
     # redelivered to another worker: waits for w1's heartbeat to go stale, then takes over
     assert (
-        await run_scan(clean_db, sid, 1, worker="w2", options=scan_options(), limits=LIMITS)
+        await run_scan(clean_db, Delivery(sid, 1, "w2"), options=scan_options(), limits=LIMITS)
         == "succeeded"
     )
     r = await row(clean_db, sid)
@@ -113,7 +114,7 @@ async def test_redelivery_after_a_crash_does_not_duplicate_findings(
     assert counter(metrics.SCAN_REDELIVERIES) == before + 1
     # the same findings as a clean run: nothing duplicated
     sid2 = await insert_scan(clean_db, site)
-    await run_scan(clean_db, sid2, 1, worker="w3", options=scan_options(), limits=LIMITS)
+    await run_scan(clean_db, Delivery(sid2, 1, "w3"), options=scan_options(), limits=LIMITS)
     assert await finding_count(clean_db, sid) == await finding_count(clean_db, sid2)
 
 
@@ -131,9 +132,11 @@ async def test_redelivery_cap_ends_dead_with_reason(clean_db, site, scan_options
     dead_before = counter(metrics.SCANS_DEAD)
     for i in range(3):
         with pytest.raises(Crash):
-            await run_scan(clean_db, sid, 1, worker=f"w{i}", options=scan_options(), limits=LIMITS)
+            await run_scan(
+                clean_db, Delivery(sid, 1, f"w{i}"), options=scan_options(), limits=LIMITS
+            )
     assert (
-        await run_scan(clean_db, sid, 1, worker="w9", options=scan_options(), limits=LIMITS)
+        await run_scan(clean_db, Delivery(sid, 1, "w9"), options=scan_options(), limits=LIMITS)
         == "dead"
     )
     r = await row(clean_db, sid)
@@ -141,7 +144,7 @@ async def test_redelivery_cap_ends_dead_with_reason(clean_db, site, scan_options
     assert counter(metrics.SCANS_DEAD) == dead_before + 1
     # and it stays dead: a further message is a no-op
     assert (
-        await run_scan(clean_db, sid, 1, worker="w9", options=scan_options(), limits=LIMITS)
+        await run_scan(clean_db, Delivery(sid, 1, "w9"), options=scan_options(), limits=LIMITS)
         == "finished"
     )
 
@@ -152,7 +155,7 @@ async def test_row_deleted_while_queued_is_a_counted_noop(clean_db, site, scan_o
         await conn.execute(text("DELETE FROM scans WHERE id = :id"), {"id": sid})
     before = counter(metrics.SCAN_NOOPS, "row_gone")
     assert (
-        await run_scan(clean_db, sid, 1, worker="w1", options=scan_options(), limits=LIMITS)
+        await run_scan(clean_db, Delivery(sid, 1, "w1"), options=scan_options(), limits=LIMITS)
         == "row_gone"
     )
     assert counter(metrics.SCAN_NOOPS, "row_gone") == before + 1
@@ -171,7 +174,7 @@ async def test_row_deleted_while_running_is_a_counted_noop(clean_db, site, scan_
     hook(delete_at_second_checkpoint)
     before = counter(metrics.SCAN_NOOPS, "row_gone")
     assert (
-        await run_scan(clean_db, sid, 1, worker="w1", options=scan_options(), limits=LIMITS)
+        await run_scan(clean_db, Delivery(sid, 1, "w1"), options=scan_options(), limits=LIMITS)
         == "row_gone"
     )
     assert counter(metrics.SCAN_NOOPS, "row_gone") == before + 1
@@ -195,7 +198,7 @@ async def test_cancel_while_running_stops_at_the_next_checkpoint(
 
     hook(cancel_at_first_checkpoint)
     assert (
-        await run_scan(clean_db, sid, 1, worker="w1", options=scan_options(), limits=LIMITS)
+        await run_scan(clean_db, Delivery(sid, 1, "w1"), options=scan_options(), limits=LIMITS)
         == "cancelled"
     )
     assert len(pages) == 1
@@ -208,7 +211,7 @@ async def test_stale_attempt_is_a_noop(clean_db, site, scan_options):
     async with clean_db.begin() as conn:
         await conn.execute(text("UPDATE scans SET attempt = 2 WHERE id = :id"), {"id": sid})
     assert (
-        await run_scan(clean_db, sid, 1, worker="w1", options=scan_options(), limits=LIMITS)
+        await run_scan(clean_db, Delivery(sid, 1, "w1"), options=scan_options(), limits=LIMITS)
         == "stale_attempt"
     )
     assert (await row(clean_db, sid)).status == "queued"
@@ -217,7 +220,7 @@ async def test_stale_attempt_is_a_noop(clean_db, site, scan_options):
 async def test_blocked_target_fails_with_reason(clean_db, site, scan_options):
     sid = await insert_scan(clean_db, site)
     opts = scan_options(resolve={"site.test": ["169.254.169.254"]})
-    assert await run_scan(clean_db, sid, 1, worker="w1", options=opts, limits=LIMITS) == "failed"
+    assert await run_scan(clean_db, Delivery(sid, 1, "w1"), options=opts, limits=LIMITS) == "failed"
     r = await row(clean_db, sid)
     assert r.status == "failed" and "metadata" in r.error
 
@@ -231,7 +234,9 @@ async def test_deadline_fails_the_scan(clean_db, site, scan_options, hook):
 
     hook(stall)
     limits = RunLimits(heartbeat_interval=0.2, stale_after=1.0, max_deliveries=3, deadline=1.0)
-    outcome = await run_scan(clean_db, sid, 1, worker="w1", options=scan_options(), limits=limits)
+    outcome = await run_scan(
+        clean_db, Delivery(sid, 1, "w1"), options=scan_options(), limits=limits
+    )
     assert outcome == "failed"
     r = await row(clean_db, sid)
     assert r.status == "failed" and "time limit" in r.error
@@ -244,9 +249,9 @@ async def test_a_retried_claim_by_the_same_worker_keeps_it(clean_db, site):
 
     sid = await insert_scan(clean_db, site)
     kw = {"stale_after": 5.0, "max_deliveries": 3}
-    first = await lifecycle.claim(clean_db, sid, 1, "w1", **kw)
-    again = await lifecycle.claim(clean_db, sid, 1, "w1", **kw)
-    other = await lifecycle.claim(clean_db, sid, 1, "w2", **kw)
+    first = await lifecycle.claim(clean_db, Delivery(sid, 1, "w1"), **kw)
+    again = await lifecycle.claim(clean_db, Delivery(sid, 1, "w1"), **kw)
+    other = await lifecycle.claim(clean_db, Delivery(sid, 1, "w2"), **kw)
     assert (first.outcome, again.outcome, other.outcome) == ("claimed", "claimed", "busy")
     assert (await row(clean_db, sid)).deliveries == 1
 
@@ -260,8 +265,8 @@ async def test_a_released_scan_redelivered_to_the_same_worker_is_a_new_delivery(
     kw = {"stale_after": 60.0, "max_deliveries": 2}
     outcomes = []
     for _ in range(3):
-        outcomes.append((await lifecycle.claim(clean_db, sid, 1, "w1", **kw)).outcome)
-        await lifecycle.release_dead(clean_db, sid, 1, "w1")
+        outcomes.append((await lifecycle.claim(clean_db, Delivery(sid, 1, "w1"), **kw)).outcome)
+        await lifecycle.release_dead(clean_db, Delivery(sid, 1, "w1"))
     assert outcomes == ["claimed", "claimed", "dead"]
     r = await row(clean_db, sid)
     assert r.status == "dead" and r.deliveries == 3

@@ -202,3 +202,22 @@ def test_a_catastrophic_regex_times_out_as_a_finding():
     found = checks.content_findings(_page("a" * 40 + "!"), many)
     assert sorted(f.detail["rule"] for f in found) == sorted(r.name for r in many)
     assert {f.kind for f in found} == {"content_rule_error"}
+
+
+async def test_blocked_redirect_is_kept_as_a_finding_when_both_landing_pages_fail(
+    odd_site, scan_options, free_tcp_port
+):
+    """HTTPS redirects into a refused address and HTTP is closed: the scan fails, and the
+    redirect_blocked finding is recorded (it survived only in the error text)."""
+    s = odd_site(https_root_redirect="http://10.0.0.1/admin")
+    cfg = ScanConfig(https_port=s.https_port, http_port=free_tcp_port)  # nothing listens there
+    batches = []
+
+    async def checkpoint(found):
+        batches.append(found)
+        return True
+
+    with pytest.raises(ScanFailed, match="unreachable"):
+        await scan("site.test", cfg, scan_options(), checkpoint)
+    kinds = {f.kind for b in batches for f in b}
+    assert "redirect_blocked" in kinds

@@ -23,10 +23,10 @@ BLOCKED = {
     "224.0.0.1": "multicast",
     "239.255.255.250": "multicast",
     "0.0.0.0": "unspecified",
-    "240.0.0.1": "private",
-    "255.255.255.255": "private",
-    "198.18.0.1": "private",
-    "192.0.2.1": "private",
+    "240.0.0.1": "reserved",
+    "255.255.255.255": "broadcast",
+    "198.18.0.1": "benchmarking",
+    "192.0.2.1": "documentation",
     "::1": "loopback",
     "::": "unspecified",
     "fe80::1": "link_local",
@@ -34,7 +34,7 @@ BLOCKED = {
     "fd12:3456::1": "private",
     "ff02::1": "multicast",
     "fd00:ec2::254": "metadata",
-    "2001:db8::1": "private",
+    "2001:db8::1": "documentation",
     # IPv6 forms that carry an IPv4 address are judged by it
     "::ffff:127.0.0.1": "loopback_ipv6_embedded",
     "::ffff:10.0.0.1": "private_ipv6_embedded",
@@ -229,3 +229,70 @@ async def test_a_connection_verified_for_one_name_is_not_reused_for_another(cert
         assert err.value.kind == "tls"
     finally:
         alive.close()
+
+
+# The IANA special-purpose address registries, every entry, as published
+# (https://www.iana.org/assignments/iana-ipv4-special-registry and
+# .../iana-ipv6-special-registry, RFC 6890 and updates, as of 2025), plus the deprecated
+# site-local fec0::/10 (RFC 3879). Each entry's first, last and a middle address are refused.
+# The transition prefixes are judged by the IPv4 inside: tested with a blocked and a public one.
+IANA_IPV4_SPECIAL = [
+    "0.0.0.0/8", "0.0.0.0/32", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16",
+    "172.16.0.0/12", "192.0.0.0/24", "192.0.0.0/29", "192.0.0.8/32", "192.0.0.9/32",
+    "192.0.0.10/32", "192.0.0.170/32", "192.0.0.171/32", "192.0.2.0/24", "192.31.196.0/24",
+    "192.52.193.0/24", "192.88.99.0/24", "192.168.0.0/16", "192.175.48.0/24", "198.18.0.0/15",
+    "198.51.100.0/24", "203.0.113.0/24", "240.0.0.0/4", "255.255.255.255/32",
+]  # fmt: skip
+IANA_IPV6_SPECIAL = [
+    "::1/128", "::/128", "64:ff9b:1::/48", "100::/64", "100:0:0:1::/64", "2001::/23",
+    "2001:1::1/128", "2001:1::2/128", "2001:1::3/128", "2001:2::/48", "2001:3::/32",
+    "2001:4:112::/48", "2001:10::/28", "2001:20::/28", "2001:30::/28", "2001:db8::/32",
+    "2620:4f:8000::/48", "3fff::/20", "5f00::/16", "fc00::/7", "fe80::/10",
+    "fec0::/10",  # not in the registry: deprecated site-local (RFC 3879); it used to connect
+]  # fmt: skip
+IANA_TRANSITION = ["::ffff:0:0/96", "64:ff9b::/96", "2001::/32", "2002::/16"]
+
+
+def _samples(cidr):
+    net = ipaddress.ip_network(cidr)
+    return {net[0], net[-1], net[net.num_addresses // 2]}
+
+
+@pytest.mark.parametrize("cidr", IANA_IPV4_SPECIAL + IANA_IPV6_SPECIAL)
+def test_every_special_purpose_registry_entry_is_refused(cidr):
+    for ip in _samples(cidr):
+        assert classify(ip) is not None, (cidr, ip)
+        with pytest.raises(Blocked):
+            Guard().check("x.example", [ip])
+
+
+@pytest.mark.parametrize(
+    ("address", "inner_blocked"),
+    [
+        ("::ffff:10.0.0.1", True), ("::ffff:8.8.8.8", False),
+        ("64:ff9b::a00:1", True), ("64:ff9b::808:808", False),
+        ("2001:0:808:808:0:0:f5ff:fffe", True), ("2001:0:808:808:0:0:f7f7:f7f7", False),
+        ("2002:a00:1::1", True), ("2002:808:808::1", False),
+    ],
+)  # fmt: skip
+def test_transition_prefixes_are_judged_by_the_ipv4_inside(address, inner_blocked):
+    assert any(ipaddress.ip_address(address) in ipaddress.ip_network(n) for n in IANA_TRANSITION)
+    assert (classify(ipaddress.ip_address(address)) is not None) is inner_blocked
+
+
+@pytest.mark.parametrize(
+    "address",
+    ["168.63.129.16", "169.254.169.254", "169.254.0.23", "169.254.169.253", "100.100.100.200",
+     "192.0.0.192", "161.26.0.10", "fd00:ec2::254", "fd00:ec2::23", "fd20:ce::254"],
+)  # fmt: skip
+def test_cloud_metadata_services_are_refused_even_public_or_allowlisted(address):
+    """Azure's WireServer 168.63.129.16 is a public address and used to pass."""
+    ip = ipaddress.ip_address(address)
+    assert classify(ip) == "metadata"
+    guard = Guard.from_cidrs(["0.0.0.0/0", "::/0"])
+    assert guard.reason(ip) == "metadata"
+
+
+def test_site_local_is_refused():
+    assert classify(ipaddress.ip_address("fec0::1")) == "site_local"
+    assert classify(ipaddress.ip_address("feff:ffff::1")) == "site_local"

@@ -25,7 +25,8 @@ from celery_stack_core.config import get_settings  # noqa: E402
 app = make_celery(get_settings(), "reports")
 
 
-@app.task(name="reports.build", bind=True, ignore_result=False)
+# shared=False: a shared task would be added to every Celery app made later in the test session.
+@app.task(name="reports.build", bind=True, ignore_result=False, shared=False)
 def build(self: Any, n: int) -> dict[str, Any]:
     """What the worker saw: the queue the message came from, its node name, its limits."""
     return {

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from enum import Enum
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, HTTPException, status
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from celery_stack_api import counting
 from celery_stack_api.deps import ActingUser, StateDep, TargetId, UserDep
@@ -44,6 +45,28 @@ class ViewOut(BaseModel):
     )
 
 
+class CountsOut(BaseModel):
+    # Extra keys a newer read path adds are passed through, not dropped.
+    model_config = ConfigDict(extra="allow")
+    id: int
+    type: str
+    counts: dict[str, int] = Field(
+        description="Exact counts: the database value plus what Redis still buffers."
+    )
+    unique_viewers: int | None = Field(
+        default=None,
+        description=(
+            "An ESTIMATE of distinct `viewer_id`s (Redis HyperLogLog, standard error about"
+            " 0.81%: 200 viewers may read 199 or 201), not an exact count. Absent where the"
+            " target has no views."
+        ),
+    )
+    partial: bool | None = Field(
+        default=None,
+        description="True when Redis was unreachable: buffered increments are not included.",
+    )
+
+
 class ActionOut(BaseModel):
     kind: str
     active: bool
@@ -76,53 +99,43 @@ async def record_view(
     return ViewOut(path=path)
 
 
-@router.get("/{target}/{target_id}/counts")
+@router.get(
+    "/{target}/{target_id}/counts", response_model=CountsOut, response_model_exclude_none=True
+)
 async def read_counts(
     *, target: TargetPath, target_id: TargetId, state: StateDep, _: UserDep
 ) -> dict[str, Any]:
     return await counting.read_counts(state, _spec(target).type, target_id)
 
 
-async def _action(
-    state: StateDep, target: Enum, target_id: int, user: str, kind: ActionKind, on: bool
-) -> ActionOut:
-    spec = _spec(target)
-    if kind not in spec.actions:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"{spec.url} cannot be given a {kind}")
-    changed = await counting.set_action(state, spec.type, target_id, user, kind, on)
-    return ActionOut(kind=kind, active=on, changed=changed)
+# (operation name, method, path segment, kind, on): one handler serves them all.
+ACTIONS: tuple[tuple[str, str, str, ActionKind, bool], ...] = (
+    ("like", "PUT", "like", "like", True),
+    ("unlike", "DELETE", "like", "like", False),
+    ("collect", "PUT", "collect", "collect", True),
+    ("uncollect", "DELETE", "collect", "collect", False),
+    ("share", "POST", "share", "share", True),
+)
 
 
-@router.put("/{target}/{target_id}/like", response_model=ActionOut)
-async def like(
-    *, target: TargetPath, target_id: TargetId, user: ActingUser, state: StateDep, _: UserDep
-) -> ActionOut:
-    return await _action(state, target, target_id, user, "like", True)
+def _action(kind: ActionKind, *, on: bool) -> Callable[..., Awaitable[ActionOut]]:
+    async def action(
+        *, target: TargetPath, target_id: TargetId, user: ActingUser, state: StateDep, _: UserDep
+    ) -> ActionOut:
+        spec = _spec(target)
+        if kind not in spec.actions:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"{spec.url} cannot be given a {kind}")
+        changed = await counting.set_action(state, spec.type, target_id, user, kind, on=on)
+        return ActionOut(kind=kind, active=on, changed=changed)
+
+    return action
 
 
-@router.delete("/{target}/{target_id}/like", response_model=ActionOut)
-async def unlike(
-    *, target: TargetPath, target_id: TargetId, user: ActingUser, state: StateDep, _: UserDep
-) -> ActionOut:
-    return await _action(state, target, target_id, user, "like", False)
-
-
-@router.put("/{target}/{target_id}/collect", response_model=ActionOut)
-async def collect(
-    *, target: TargetPath, target_id: TargetId, user: ActingUser, state: StateDep, _: UserDep
-) -> ActionOut:
-    return await _action(state, target, target_id, user, "collect", True)
-
-
-@router.delete("/{target}/{target_id}/collect", response_model=ActionOut)
-async def uncollect(
-    *, target: TargetPath, target_id: TargetId, user: ActingUser, state: StateDep, _: UserDep
-) -> ActionOut:
-    return await _action(state, target, target_id, user, "collect", False)
-
-
-@router.post("/{target}/{target_id}/share", response_model=ActionOut)
-async def share(
-    *, target: TargetPath, target_id: TargetId, user: ActingUser, state: StateDep, _: UserDep
-) -> ActionOut:
-    return await _action(state, target, target_id, user, "share", True)
+for _name, _method, _segment, _kind, _on in ACTIONS:
+    router.add_api_route(
+        f"/{{target}}/{{target_id}}/{_segment}",
+        _action(_kind, on=_on),
+        methods=[_method],
+        name=_name,
+        response_model=ActionOut,
+    )

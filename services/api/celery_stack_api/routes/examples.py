@@ -191,7 +191,11 @@ def _key(example: Example, raw: str) -> Any:
     return raw
 
 
-@router.post("/{kind}", status_code=status.HTTP_201_CREATED)
+@router.post(
+    "/{kind}",
+    status_code=status.HTTP_201_CREATED,
+    responses={405: {"description": "This kind is computed by rules, read only."}},
+)
 async def create_example(
     *, kind: Kind, body: dict[str, Any], state: StateDep, _: UserDep
 ) -> dict[str, Any]:

@@ -1,0 +1,55 @@
+"""The OpenAPI document says what the API does: every status an operation answers, and one
+error body (Problem) that every error response really has."""
+
+import pytest
+
+from celery_stack_api.main import create_app
+
+SPEC = create_app().openapi()
+OPS = [(m, p, op) for p, item in SPEC["paths"].items() for m, op in item.items()]
+
+
+@pytest.mark.parametrize(("method", "path", "op"), OPS, ids=[f"{m} {p}" for m, p, _ in OPS])
+def test_each_operation_declares_the_errors_it_can_answer(method, path, op):
+    codes = set(op["responses"])
+    if op.get("security"):
+        assert {"401", "403"} <= codes  # 401 was undocumented on every authenticated operation
+    if "{" in path:
+        assert "404" in codes
+    if "requestBody" in op:
+        assert {"400", "413", "422"} <= codes  # 400: a body that is not UTF-8
+    if path.startswith("/api/"):
+        assert "503" in codes and "Retry-After" in op["responses"]["503"]["headers"]
+    for code, response in op["responses"].items():
+        if int(code) >= 400:
+            schema = response["content"]["application/json"]["schema"]
+            assert schema == {"$ref": "#/components/schemas/Problem"}, (code, schema)
+
+
+def test_conflicts_are_declared_where_they_occur():
+    paths = SPEC["paths"]
+    assert "409" in paths["/api/v1/scans"]["post"]["responses"]
+    assert "409" in paths["/api/v1/scans/{scan_id}/cancel"]["post"]["responses"]
+    assert "409" in paths["/api/v1/scans/{scan_id}/retry"]["post"]["responses"]
+
+
+def test_one_error_shape_declared():
+    schemas = SPEC["components"]["schemas"]
+    assert "HTTPValidationError" not in schemas
+    assert schemas["Problem"]["properties"]["detail"]["type"] == "string"
+    assert schemas["Problem"]["required"] == ["detail"]
+
+
+async def test_an_invalid_cursor_answers_the_declared_shape(api, clean_db):
+    """`?cursor=!` answered {"detail": "invalid cursor"} where the schema declared an array."""
+    r = await api.get("/api/v1/scans", params={"cursor": "bm9wZQ"})
+    assert r.status_code == 422 and r.json() == {"detail": "invalid cursor"}
+    r = await api.get("/api/v1/scans", params={"limit": 0})
+    body = r.json()
+    assert r.status_code == 422 and isinstance(body["detail"], str)
+    assert body["errors"][0]["loc"] == ["query", "limit"] and "input" not in body["errors"][0]
+
+
+def test_unique_viewers_is_described_as_an_estimate():
+    counts = SPEC["components"]["schemas"]["CountsOut"]["properties"]["unique_viewers"]
+    assert "HyperLogLog" in counts["description"] and "ESTIMATE" in counts["description"]
