@@ -10,9 +10,9 @@ from pathlib import Path
 
 from celery_stack_core import connections
 from celery_stack_core.config import get_settings
+from celery_stack_core.hooks import HOOKS
 from celery_stack_core.identity import owner_id
 from celery_stack_core.locks import Lease
-from celery_stack_scans import run
 
 MARK = Path(os.environ["HOLD_MARK"])
 
@@ -26,7 +26,7 @@ async def hold(step: str, domain: str) -> None:
     await asyncio.sleep(3600)
 
 
-run.step_hook = hold
+HOOKS.install("scans", hold)
 
 from celery_stack_scans.cli import main  # noqa: E402
 
