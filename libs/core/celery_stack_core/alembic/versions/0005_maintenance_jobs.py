@@ -4,7 +4,7 @@ One row per job: its kind, state, progress and the final report. At most one job
 queued or running at a time (a partial unique index), so a second POST gets a 409.
 
 Revision ID: 0005
-Revises: 0004
+Revises: 0006
 Create Date: 2026-11-29
 """
 
@@ -13,7 +13,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision = "0005"
-down_revision = "0004"
+down_revision = "0006"  # written against "0003"; chained after main's 0006 at merge
 branch_labels = None
 depends_on = None
 
