@@ -28,12 +28,12 @@ from rich.table import Table
 
 from celery_stack_core import sweeps
 from celery_stack_core.config import get_settings
+from celery_stack_core.localstack import use_local_stack
 from celery_stack_core.sweeps import inspect as views
 from celery_stack_core.sweeps import reports as policy_reports
 from celery_stack_core.sweeps.base import SweepReport
 from celery_stack_core.sweeps.jobs import totals
 from celery_stack_janitor.context import sweep_context
-from celery_stack_janitor.settings import load_local_run_env
 
 T = TypeVar("T")
 app = typer.Typer(help=__doc__.split("\n\n")[0], no_args_is_help=True, add_completion=False)
@@ -162,5 +162,5 @@ def operator() -> None:
 
 
 def main() -> None:
-    load_local_run_env()
+    use_local_stack()  # next to `make run`: its running stack, unless the env names one
     app()

@@ -65,16 +65,19 @@ def test_exit_codes_and_human_output(settings, free_tcp_port, monkeypatch):
 
 
 def test_finds_the_local_stack_settings_file(tmp_path, monkeypatch):
-    """Next to `make run`, the CLI finds the stack through .run/settings.env (no env needed);
-    the environment wins when it names the stores."""
-    from celery_stack_janitor.settings import load_local_run_env
+    """Next to `make run`, the CLI finds the running stack through .run/stack.env (no env
+    needed); the environment wins when it names the stores."""
+    from celery_stack_core.localstack import write_stack_file
+    from celery_stack_janitor.cli import main
 
     (tmp_path / ".run").mkdir()
-    (tmp_path / ".run" / "settings.env").write_text("REDIS_URL=redis://h:1/0\nDATABASE_URL='pg'\n")
+    write_stack_file(tmp_path / ".run" / "stack.env", {"REDIS_URL": "redis://h:1/0"})
     (tmp_path / "sub").mkdir()
     monkeypatch.chdir(tmp_path / "sub")
     monkeypatch.delenv("REDIS_URL", raising=False)
-    monkeypatch.delenv("DATABASE_URL", raising=False)
-    assert load_local_run_env() == tmp_path / ".run" / "settings.env"
-    assert os.environ["REDIS_URL"] == "redis://h:1/0" and os.environ["DATABASE_URL"] == "pg"
-    assert load_local_run_env() is None  # env set now: it wins
+    monkeypatch.setattr("celery_stack_janitor.cli.app", lambda: None)
+    main()
+    assert os.environ["REDIS_URL"] == "redis://h:1/0"
+    monkeypatch.setenv("REDIS_URL", "redis://mine:2/0")
+    main()
+    assert os.environ["REDIS_URL"] == "redis://mine:2/0"  # env set: it wins
