@@ -71,7 +71,10 @@ async def test_views_and_likes_reach_the_database_within_seconds(
         and body["counts"]["likes"] == 2
         and body["unique_viewers"] == 5
     )
-    assert (tmp_path / "alive").exists(), "the consuming worker touches its liveness file"
+    # The watchdog touches it at its first check after the worker consumes (one interval, 5 s).
+    wait_until(
+        lambda: (tmp_path / "alive").exists(), 20, what="the consuming worker's liveness file"
+    )
     # prefork children's metrics are collected by the parent's endpoint (multiprocess mode)
     scraped = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text
     applied = [
