@@ -8,9 +8,9 @@ kill the process, delete a row, raise.
     HOOKS.install("scans", die)                  # die(step, domain) at every scans step
     with HOOKS.installed("flush", record): ...   # removed again at the end of the block
 
-Components and their steps: "scans" (claimed, checkpoint; context: the domain), and after the
-lead's merge "flush" (claimed, ledger_inserted, applied, committed, acked) and "api.scans"
-(committed; context: the scan id).
+Components and their steps: "scans" (claimed, checkpoint; context: the domain), "api.scans"
+(committed: between a scan's COMMIT and its publish; context: the scan id), and once the
+counters flush moves here, "flush" (claimed, ledger_inserted, applied, committed, acked).
 """
 
 from __future__ import annotations
