@@ -3,6 +3,9 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 UV ?= $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 PYTEST_ARGS ?=
+# Test files run in parallel: most of the suite waits on real servers and processes, not the CPU
+# (one pytest-xdist worker per file group; PYTEST_WORKERS=0 runs serially).
+PYTEST_WORKERS ?= 3
 
 .PHONY: help
 help: ## List the targets.
@@ -32,7 +35,7 @@ lint: install ## ruff + mypy.
 
 .PHONY: test
 test: lint tools ## Lint, type-check and run the whole test suite on real servers.
-	$(UV) run --frozen pytest $(PYTEST_ARGS)
+	$(UV) run --frozen pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 .PHONY: e2e
 e2e: install ## Only the whole-stack and chaos tests.
@@ -78,13 +81,9 @@ k8s: tools install ## Regenerate k8s/base from the chart (a test fails when it d
 	$(UV) run --frozen python tests/chart/render_k8s.py
 
 .PHONY: image
-image: tools ## docker build where a Docker engine answers; otherwise lint the Dockerfile only.
+image: tools ## Build the image wherever an engine answers (local base images when no registry is reachable); report its size.
 	.tools/bin/hadolint Dockerfile
-	@if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then \
-		docker build -t $(IMAGE) . ; \
-	else \
-		echo "image: no Docker engine here; Dockerfile linted (hadolint), build skipped"; \
-	fi
+	IMAGE=$(IMAGE) scripts/image/build.sh
 
 .PHONY: e2e-cluster
 e2e-cluster: tools install ## helm install + wait + helm test on the kubeconfig's cluster (skips without one).

@@ -73,4 +73,4 @@ def test_overlays_do_what_they_say(built):
     )
     assert beat["spec"]["strategy"] == {"type": "Recreate"} and beat["spec"]["replicas"] == 1
     job = next(d for d in prod if d["kind"] == "Job")
-    assert "annotations" not in job["metadata"]  # a plain Job, no hooks
+    assert "helm.sh/hook" not in job["metadata"]["annotations"]  # a plain Job, no hooks

@@ -7,7 +7,6 @@ One class per component/template, as in the Airflow chart's tests: render with `
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 from typing import Any
 
@@ -29,6 +28,8 @@ from chartlib import (
 FULL = f"{RELEASE}-celery-stack"
 QUEUES = ("counters", "scans", "maintenance")
 FLOWER_ON = {"flower": {"enabled": True, "basicAuthSecret": "flower-auth"}}
+# beat elects through a Lease when it may reach the API server's own addresses
+LEASE = {"networkPolicy": {"kubeAPIServerCIDRs": ["172.20.0.1/32"]}}
 ENTRYPOINTS = {
     "celery-stack-api",
     "celery-stack-worker-counters",
@@ -130,7 +131,7 @@ class TestWorkers:
                         "maxMemoryPerChild": 123456,
                         "softTimeLimit": 100,
                         "timeLimit": 120,
-                        "pool": "threads",
+                        "pool": "prefork",  # the only pool accepted (test_platform.py)
                         "queues": ["scans", "scans-priority"],
                         "extraArgs": ["--without-gossip"],
                     }
@@ -142,7 +143,7 @@ class TestWorkers:
         assert arg_after(cmd, "--concurrency") == "7"
         assert arg_after(cmd, "--max-tasks-per-child") == "11"
         assert arg_after(cmd, "--max-memory-per-child") == "123456"
-        assert arg_after(cmd, "--pool") == "threads"
+        assert arg_after(cmd, "--pool") == "prefork"
         assert cmd[-1] == "--without-gossip"
         # One source: -Q, prefetch and time limits reach the worker through the ConfigMap only
         # (the entrypoint builds its argv from them and refuses them as arguments).
@@ -352,7 +353,7 @@ class TestApi:
 
 class TestBeat:
     def test_two_replicas_with_lease_election(self):
-        docs = render_chart()
+        docs = render_chart(LEASE)
         d = one(docs, "Deployment", f"{FULL}-beat")
         assert d["spec"]["replicas"] == 2
         assert d["spec"]["strategy"]["type"] == "RollingUpdate"
@@ -394,7 +395,7 @@ class TestBeat:
         assert d["spec"]["strategy"] == {"type": "Recreate"}
 
     def test_rbac_least_privilege_on_its_own_lease(self):
-        docs = render_chart({"beat": {"leaseName": "my-beat"}})
+        docs = render_chart({"beat": {"leaseName": "my-beat"}, **LEASE})
         role = one(docs, "Role", f"{FULL}-beat")
         assert role["rules"] == [
             {
@@ -411,16 +412,21 @@ class TestBeat:
         assert binding["subjects"] == [
             {"kind": "ServiceAccount", "name": f"{FULL}-beat", "namespace": "celery-stack"}
         ]
-        # the only Role/Binding of the chart, and nothing cluster-wide
-        assert len(by_kind(docs, "Role")) == 1
+        # beat's Role and the admin-token hook's (tests/chart/test_platform.py), nothing
+        # cluster-wide
+        assert {r["metadata"]["name"] for r in by_kind(docs, "Role")} == {
+            f"{FULL}-beat",
+            f"{FULL}-admin-token",
+        }
         assert not by_kind(docs, "ClusterRole") and not by_kind(docs, "ClusterRoleBinding")
         env = env_of(container(one(docs, "Deployment", f"{FULL}-beat"), "beat"))
         assert env["BEAT_LEASE_NAME"] == "my-beat"
 
     def test_only_beat_mounts_a_service_account_token(self):
-        docs = render_chart(FLOWER_ON)
+        docs = render_chart({**FLOWER_ON, **LEASE})
         for name, spec in pod_specs(docs):
-            expected = name == f"Deployment/{FULL}-beat"
+            # and the admin-token hook Job, which creates its Secret through the API server
+            expected = name in (f"Deployment/{FULL}-beat", f"Job/{FULL}-admin-token")
             assert spec["automountServiceAccountToken"] is expected, name
         assert (
             one(docs, "Deployment", f"{FULL}-beat")["spec"]["template"]["spec"][
@@ -435,7 +441,7 @@ class TestBeat:
 class TestMigrations:
     def test_hook_job_by_default(self):
         docs = render_chart()
-        job = by_kind(docs, "Job")[0]
+        job = one(docs, "Job", f"{FULL}-migrations-1")
         ann = job["metadata"]["annotations"]
         assert ann["helm.sh/hook"] == "pre-install,pre-upgrade"
         c = container(job, "migrate")
@@ -450,8 +456,8 @@ class TestMigrations:
 
     def test_plain_job_for_argocd_and_flux(self):
         docs = render_chart({"migrations": {"useHelmHooks": False}})
-        job = one(docs, "Job", f"{FULL}-migrations")
-        assert "annotations" not in job["metadata"]
+        (job,) = [d for d in by_kind(docs, "Job") if "-migrations-" in d["metadata"]["name"]]
+        assert "helm.sh/hook" not in job["metadata"]["annotations"]
         assert (
             env_of(container(job, "migrate"))["DATABASE_URL"]["secretKeyRef"]["name"]
             == f"{FULL}-env"
@@ -460,6 +466,7 @@ class TestMigrations:
             d
             for d in docs
             if d["metadata"].get("annotations", {}).get("helm.sh/hook", "").startswith("pre-")
+            and "admin-token" not in d["metadata"]["name"]
         ]
 
     def test_every_pod_that_needs_the_schema_waits_for_it(self):
@@ -511,18 +518,6 @@ class TestSecrets:
             for c in containers(spec):
                 for src in c.get("envFrom", []):
                     assert "secretRef" not in src
-
-    def test_generated_admin_token_matches_its_digest(self):
-        data = secret_data(render_chart(), f"{FULL}-env")
-        tokens = json.loads(data["API_TOKENS"])
-        assert tokens == [
-            {
-                "name": "admin",
-                "sha256": hashlib.sha256(data["ADMIN_TOKEN"].encode()).hexdigest(),
-                "scopes": ["user", "admin"],
-            }
-        ]
-        assert len(data["ADMIN_TOKEN"]) == 40
 
     def test_given_tokens_are_rendered_and_nothing_generated(self):
         spec = [{"name": "web", "sha256": "b" * 64, "scopes": ["user"]}]
@@ -605,12 +600,13 @@ class TestNetworkPolicy:
         assert rules[0] == {
             "ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]
         }
-        assert rules[1]["ports"] == [
-            {"port": 6379, "protocol": "TCP"},
-            {"port": 5432, "protocol": "TCP"},
+        # one rule per store, each with its own peers (tests/chart/test_platform.py)
+        assert [r["ports"] for r in rules[1:]] == [
+            [{"port": 6379, "protocol": "TCP"}],
+            [{"port": 5432, "protocol": "TCP"}],
         ]
-        assert rules[1]["to"] == [{"ipBlock": {"cidr": "10.20.0.0/16"}}]
-        assert len(rules) == 2  # no OTLP rule without an endpoint
+        assert [r["to"] for r in rules[1:]] == [[{"ipBlock": {"cidr": "10.20.0.0/16"}}]] * 2
+        assert len(rules) == 3  # no OTLP rule without an endpoint
 
     def test_api_ingress_and_its_clients(self):
         pol = self.policies()[f"{FULL}-api"]
@@ -652,14 +648,13 @@ class TestNetworkPolicy:
         assert not [n for n in pols if n.endswith("-internet") and "scans" not in n]
 
     def test_only_beat_reaches_the_kubernetes_api(self):
-        pols = self.policies()
+        pols = self.policies(LEASE)
         beat = pols[f"{FULL}-beat"]
         assert beat["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "beat"
         assert [p["port"] for p in beat["spec"]["egress"][0]["ports"]] == [443, 6443]
-        # no kubeAPIServerCIDRs: those ports to any address (the documented default)
-        assert "to" not in beat["spec"]["egress"][0]
+        # and the run-once admin-token hook (tests/chart/test_platform.py)
         for name, pol in pols.items():
-            if name != f"{FULL}-beat":
+            if name not in (f"{FULL}-beat", f"{FULL}-admin-token"):
                 ports = jmespath.search("spec.egress[].ports[].port", pol) or []
                 assert 6443 not in ports, name
 
@@ -857,6 +852,7 @@ class TestLabelsAndNames:
                 "workers",
                 "beat",
                 "migrations",
+                "admin-token",
                 "config",
                 "flower",
                 "networkpolicies",

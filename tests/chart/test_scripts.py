@@ -12,11 +12,13 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import asyncpg
 import pytest
 import redis
+from celery import Celery
 from chartlib import CHART, RELEASE, one, render_chart
 
 from celery_stack_devstack.pytest_plugin import env_for, wait_until
@@ -49,6 +51,10 @@ class TestHeartbeatProbe:
         proc = script("heartbeat_check.py", "60", env=env)
         assert proc.returncode == 1
         assert "stopped consuming" in proc.stdout
+        # --consuming reads the readiness file beside it
+        assert script("heartbeat_check.py", "--consuming", "60", env=env).returncode == 1
+        (tmp_path / "alive.consuming").touch()
+        assert script("heartbeat_check.py", "--consuming", "60", env=env).returncode == 0
 
 
 @pytest.fixture
@@ -71,6 +77,11 @@ def run(cmd: list[str], env: dict[str, str], timeout: float = 120):
     return subprocess.run(
         rendered(cmd), env=env, capture_output=True, text=True, timeout=timeout, check=False
     )
+
+
+def worker(docs: list[dict], queue: str = "counters") -> dict:
+    dep = one(docs, "Deployment", f"{RELEASE}-celery-stack-worker-{queue}")
+    return dep["spec"]["template"]["spec"]["containers"][0]
 
 
 class TestWorkerLifecycle:
@@ -149,6 +160,95 @@ class TestWorkerLifecycle:
         proc = script("stop_consuming.py", "counters", env=env, timeout=60)
         assert proc.returncode == 0
         assert "on []" in proc.stdout
+
+
+FAST_PROBES = {"workerProbes": {"heartbeatInterval": 1, "maxHeartbeatAge": 10}}
+OUTAGE_SECONDS = 90
+
+
+class TestWorkerLiveness:
+    """Liveness means "wedged", never "a dependency is down" (issue 12 item 1). The chart's
+    rendered probe commands run against real workers, each on a Redis of its own, the three
+    phases at once: a 90 s Redis outage must not fail liveness, and the worker consumes again
+    afterwards; a consumer cancelled while the broker is up, and a blocked event loop, fail
+    liveness within maxHeartbeatAge (+ two missed ticks)."""
+
+    def test_outage_is_not_a_wedge_but_a_wedge_is(self, settings, start_service, tmp_path):
+        ctr = worker(render_chart({**FAST_PROBES, "queues": {"counters": {"concurrency": 1}}}))
+        probes = {k: ctr[k]["exec"]["command"] for k in ("livenessProbe", "readinessProbe")}
+        probes["startupProbe"] = ctr["startupProbe"]["exec"]["command"]
+        # maxHeartbeatAge + two missed ticks, + slack for probe processes on a loaded machine
+        window = FAST_PROBES["workerProbes"]["maxHeartbeatAge"] + 3 + 20
+
+        def start(name: str, argv: list[str], **extra: str):
+            broker = RedisServer(tmp_path / name / "redis").start()
+            servers.append(broker)
+            env = {
+                "REDIS_URL": broker.url,
+                "WORKER_HEARTBEAT_FILE": str(tmp_path / name / "alive"),
+                "WORKER_HEARTBEAT_INTERVAL": "1",
+                "METRICS_PORT": "0",
+                "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / name / "prom"),
+                **extra,
+            }
+            start_service(name, argv, **env)
+            env = {**os.environ, **env_for(settings), **env}
+            wait_until(
+                lambda: run(probes["startupProbe"], env).returncode == 0,
+                timeout=120,
+                interval=1,
+                what=f"{name}: startup probe",
+            )
+            return broker, env
+
+        def alive(env: dict[str, str]) -> bool:
+            return run(probes["livenessProbe"], env).returncode == 0
+
+        def outage() -> None:
+            broker, env = start("outage", ctr["command"])
+            broker.kill9()
+            end, ready = time.monotonic() + OUTAGE_SECONDS, []
+            while time.monotonic() < end:
+                probe = run(probes["livenessProbe"], env)
+                assert probe.returncode == 0, f"liveness failed in an outage: {probe.stdout}"
+                ready.append(run(probes["readinessProbe"], env).returncode == 0)
+                time.sleep(3)
+            assert not ready[-1], "readiness must drop while the worker cannot consume"
+            broker.start()  # same port
+            rt = script("roundtrip.py", "-", "120", "counters", env=env, timeout=180)
+            assert rt.returncode == 0, rt.stdout + rt.stderr  # consuming again
+            assert alive(env)
+            wait_until(lambda: run(probes["readinessProbe"], env).returncode == 0, timeout=30)
+
+        def wedged(name: str, wedge, argv: list[str], **extra: str) -> None:
+            _, env = start(name, argv, **extra)
+            assert alive(env)
+            wedge(env)
+            wait_until(lambda: not alive(env), timeout=window, interval=1, what=name)
+
+        def cancel(env: dict[str, str]) -> None:
+            stop = run(ctr["lifecycle"]["preStop"]["exec"]["command"], env, timeout=60)
+            assert "cancelled consumers ['counters']" in stop.stdout, stop.stdout + stop.stderr
+
+        def block(env: dict[str, str]) -> None:
+            app = Celery("block", broker=env["REDIS_URL"], set_as_current=False)
+            app.control.broadcast("block_loop", arguments={"seconds": window + 15}, reply=False)
+            app.close()
+
+        blocking = ["celery", "-A", "blocking_worker", "worker", "-Q", "counters", "-c", "1"]
+        servers: list[RedisServer] = []
+        phases = [
+            outage,
+            lambda: wedged("cancelled", cancel, ctr["command"]),
+            lambda: wedged("blocked", block, blocking, PYTHONPATH=str(Path(__file__).parent)),
+        ]
+        try:
+            with ThreadPoolExecutor(len(phases)) as pool:
+                for future in [pool.submit(p) for p in phases]:
+                    future.result()
+        finally:
+            for server in servers:
+                server.stop()
 
 
 class TestWaitForMigrations:

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from celery_stack_core.config import DEV_USER_TOKEN
+from celery_stack_core.config import DEV_USER_TOKEN, Settings
 from celery_stack_devstack.pytest_plugin import wait_until
 from celery_stack_devstack.servers import free_port
 
@@ -43,7 +43,10 @@ def test_local_stack_starts_and_stops_cleanly():
     run_dir = Path(tempfile.mkdtemp(prefix="celery-stack-run-"))
     run_dir.chmod(0o755)
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL"}}
+    # As on a developer's shell: none of the settings the test session exported (the session's
+    # `settings` fixture puts all of them, MAINTENANCE_RULE_OVERRIDES included, into os.environ).
+    ours = set(Settings.env_names())
+    env = {k: v for k, v in os.environ.items() if k not in ours}
     log = open(run_dir / "stack.log", "wb")  # noqa: SIM115 - closed in finally
     proc = subprocess.Popen(
         [

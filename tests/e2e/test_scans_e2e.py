@@ -179,6 +179,20 @@ async def wait_status(engine, sid, statuses, timeout=60.0):
     raise AssertionError(f"scan {sid} never reached {statuses}")
 
 
+async def broker_idle(settings, timeout=60.0):
+    """Nothing queued and nothing unacknowledged on the scans queue: no delivery can follow."""
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(settings.stores.redis_url)
+    try:
+        deadline = time.monotonic() + timeout
+        while await client.llen("scans") or await client.hlen("unacked"):
+            assert time.monotonic() < deadline, "the scans queue never went idle"
+            await asyncio.sleep(0.1)
+    finally:
+        await client.aclose()
+
+
 async def findings(engine, sid):
     async with engine.connect() as conn:
         res = await conn.execute(
@@ -370,13 +384,14 @@ async def test_kill9_worker_mid_scan_completes_once(
     w1 = start_worker(start_service, env, tmp_path, "w1")
     expected = await reference_keys(api, clean_db, site)
     sid = await create_scan(api, site, SLOW_SCAN)
-    await wait_status(clean_db, sid, {"running"})
-    await asyncio.sleep(0.5)
+    running = await wait_status(clean_db, sid, {"running"})
+    # mid-scan: its heartbeat has beaten at least once since it started running
+    while (await rows(clean_db, [sid]))[sid].heartbeat_at == running.heartbeat_at:
+        await asyncio.sleep(0.05)
     w1.signal(signal.SIGKILL)  # the whole worker: parent and pool children
     w1.proc.wait(10)
     assert (await rows(clean_db, [sid]))[sid].status == "running"
-    # the message is invisible until the visibility timeout; a worker started after it restores it
-    await asyncio.sleep(11)
+    # the message is invisible until the visibility timeout; the new worker restores it then
     w2 = start_worker(start_service, env, tmp_path, "w2")
     done = await wait_terminal(clean_db, [sid], timeout=60)
     assert done[sid].status == "succeeded" and done[sid].deliveries == 2
@@ -425,7 +440,7 @@ async def test_sigterm_mid_scan_with_soft_shutdown_requeues_and_finishes(
 
 @pytest.mark.chaos
 async def test_handler_that_kills_its_worker_ends_dead_after_the_cap(
-    start_service, api, clean_db, site, scan_env, tmp_path
+    start_service, settings, api, clean_db, site, scan_env, tmp_path
 ):
     w = start_worker(
         start_service,
@@ -442,8 +457,8 @@ async def test_handler_that_kills_its_worker_ends_dead_after_the_cap(
     done = await wait_terminal(clean_db, [sid], timeout=90)
     assert done[sid].status == "dead" and done[sid].deliveries == 4
     assert "after 3 deliveries" in done[sid].error
-    # not an endless loop: nothing more happens to it
-    await asyncio.sleep(2)
+    # not an endless loop: no message is left that could deliver it again
+    await broker_idle(settings)
     again = (await rows(clean_db, [sid]))[sid]
     assert again.status == "dead" and again.deliveries == 4
     # and the worker still serves other scans
@@ -457,7 +472,7 @@ async def test_handler_that_kills_its_worker_ends_dead_after_the_cap(
 
 @pytest.mark.chaos
 async def test_scan_whose_finish_keeps_failing_is_redelivered_and_ends_terminal(
-    start_service, api, clean_db, site, scan_env, tmp_path
+    start_service, settings, api, clean_db, site, scan_env, tmp_path
 ):
     """run_scan raising (here: finish gives up) must not ack the message away and leave the row
     'running' forever: the message comes back, and the delivery cap ends it, once."""
@@ -476,7 +491,7 @@ async def test_scan_whose_finish_keeps_failing_is_redelivered_and_ends_terminal(
     sid = r.json()["id"]
     done = await wait_terminal(clean_db, [sid], timeout=90)
     assert done[sid].status == "dead" and done[sid].deliveries == 3
-    await asyncio.sleep(2)
+    await broker_idle(settings)  # no message is left that could deliver it again
     again = (await rows(clean_db, [sid]))[sid]
     assert again.status == "dead" and again.deliveries == 3
     # the worker still finishes other scans normally

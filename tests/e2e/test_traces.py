@@ -154,7 +154,7 @@ async def test_a_view_is_linked_from_the_flush_that_applies_it(api, exporter, re
     linked = {(link.context.trace_id, link.context.span_id) for link in flush.links}
     assert (view.context.trace_id, view.context.span_id) in linked  # ... linked to its views
     statements = [s.attributes.get("db.statement", "") for s in sql(descendants(spans, flush))]
-    assert any(st.startswith("UPDATE post") for st in statements), statements
+    assert any("UPDATE post" in st for st in statements), statements
     assert await redis.llen(sk.trace_links) == 0
 
 

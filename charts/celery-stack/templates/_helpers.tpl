@@ -64,7 +64,7 @@ Call with (dict "root" $ "name" "counters"); returns YAML. */}}
 {{- $q := index .root.Values.queues .name | default dict -}}
 {{- $out := dict "name" .name -}}
 {{- range $k, $v := $d -}}
-{{- if and (kindIs "map" $v) (has $k (list "autoscaling" "pdb")) -}}
+{{- if and (kindIs "map" $v) (has $k (list "autoscaling" "pdb" "probes")) -}}
 {{- $sub := dict -}}
 {{- $qs := index $q $k | default dict -}}
 {{- range $k2, $v2 := $v -}}
@@ -131,31 +131,101 @@ from an existingSecret. */}}
 {{- if or (not .Values.redis.existingSecret) (not .Values.database.existingSecret) (not .Values.auth.existingSecret) -}}true{{- end -}}
 {{- end -}}
 
-{{/* The generated admin token: read back from the release's Secret so upgrades keep it, made
-once per render otherwise (memoised so the hook Secret and the release Secret agree). */}}
-{{- define "celery-stack.generatedAdminToken" -}}
-{{- if not (hasKey .Values.auth "_generated") -}}
-{{- $existing := lookup "v1" "Secret" .Release.Namespace (include "celery-stack.secretName" .) -}}
-{{- $token := "" -}}
-{{- if and $existing $existing.data (hasKey $existing.data "ADMIN_TOKEN") -}}
-{{- $token = index $existing.data "ADMIN_TOKEN" | b64dec -}}
+{{/* The admin token is generated in the cluster by a hook Job (templates/auth/), never at
+render time: a render-time token changes on every `helm template` (Argo CD). */}}
+{{- define "celery-stack.generatesAdminToken" -}}
+{{- if and (not .Values.auth.existingSecret) (not .Values.auth.tokens) .Values.auth.generateAdminToken -}}true{{- end -}}
+{{- end -}}
+
+{{- define "celery-stack.adminTokenSecret" -}}
+{{- printf "%s-admin-token" (include "celery-stack.fullname" .) -}}
+{{- end -}}
+
+{{/* Hook annotations of the admin-token objects; call with the weight. */}}
+{{- define "celery-stack.adminTokenHook" -}}
+helm.sh/hook: pre-install,pre-upgrade
+helm.sh/hook-weight: {{ . | quote }}
+helm.sh/hook-delete-policy: before-hook-creation,hook-succeeded
+{{- end -}}
+
+{{/* Percent-decoding of a URL component (userinfo): Sprig has no decoder. Multi-byte (non-ASCII)
+escapes are refused rather than mis-decoded. */}}
+{{- define "celery-stack.urlDecode" -}}
+{{- $hex := dict "0" 0 "1" 1 "2" 2 "3" 3 "4" 4 "5" 5 "6" 6 "7" 7 "8" 8 "9" 9 "a" 10 "b" 11 "c" 12 "d" 13 "e" 14 "f" 15 -}}
+{{- $parts := splitList "%" . -}}
+{{- $out := first $parts -}}
+{{- range $chunk := rest $parts -}}
+{{- $hi := substr 0 1 $chunk | lower -}}
+{{- $lo := substr 1 2 $chunk | lower -}}
+{{- if or (lt (len $chunk) 2) (not (hasKey $hex $hi)) (not (hasKey $hex $lo)) -}}
+{{- fail (printf "redis.url: malformed percent-escape %%%s" (substr 0 2 $chunk)) -}}
+{{- end -}}
+{{- $code := add (mul (index $hex $hi) 16) (index $hex $lo) -}}
+{{- if ge (int $code) 128 -}}
+{{- fail "redis.url: a non-ASCII percent-escaped credential cannot be decoded at render time; use redis.existingSecret with the keda.redis keys" -}}
+{{- end -}}
+{{- $out = printf "%s%c%s" $out (int $code) (substr 2 (len $chunk) $chunk) -}}
+{{- end -}}
+{{- $out -}}
+{{- end -}}
+
+{{/* redis.url parsed once, for everything that needs its parts (the chart's Secret, KEDA's
+TriggerAuthentication and triggers): address host:port (6379 by default), username and password
+percent-decoded, database index from the path, TLS from the rediss scheme. Returns YAML. */}}
+{{- define "celery-stack.redisTarget" -}}
+{{- $u := urlParse .Values.redis.url -}}
+{{- $port := regexFind ":[0-9]+$" $u.host | trimPrefix ":" | default "6379" -}}
+{{- $userinfo := $u.userinfo | default "" -}}
+{{- $user := "" -}}{{- $password := "" -}}
+{{- if contains ":" $userinfo -}}
+{{- $user = regexReplaceAll ":.*$" $userinfo "" -}}
+{{- $password = regexReplaceAll "^[^:]*:" $userinfo "" -}}
 {{- else -}}
-{{- $token = randAlphaNum 40 -}}
+{{- $user = $userinfo -}}{{- /* redis://name@host: a username without password, as redis-py reads it */ -}}
 {{- end -}}
-{{- $_ := set .Values.auth "_generated" $token -}}
+{{- $db := trimPrefix "/" $u.path | default "0" -}}
+{{- if not (regexMatch "^[0-9]+$" $db) -}}
+{{- fail (printf "redis.url: the path must be a database index (/0, /2 ...), got %q" $u.path) -}}
 {{- end -}}
-{{- .Values.auth._generated -}}
+address: {{ printf "%s:%s" $u.hostname $port | quote }}
+username: {{ include "celery-stack.urlDecode" $user | quote }}
+password: {{ include "celery-stack.urlDecode" $password | quote }}
+databaseIndex: {{ $db | atoi }}
+enableTLS: {{ eq $u.scheme "rediss" }}
+{{- end -}}
+
+{{/* What KEDA's Redis triggers need besides the Secret: database index and TLS. From redis.url
+when the chart holds the URL (explicit keda.redis values must agree with it), else the explicit
+values (default 0 / false). Returns YAML. */}}
+{{- define "celery-stack.kedaRedis" -}}
+{{- $k := .Values.keda.redis -}}
+{{- if .Values.redis.existingSecret -}}
+databaseIndex: {{ $k.databaseIndex | default 0 }}
+enableTLS: {{ $k.enableTLS | default false }}
+{{- else -}}
+{{- $t := include "celery-stack.redisTarget" . | fromYaml -}}
+{{- if and (not (kindIs "invalid" $k.databaseIndex)) (ne (int $k.databaseIndex) (int $t.databaseIndex)) -}}
+{{- fail (printf "keda.redis.databaseIndex (%v) contradicts redis.url (database %v): leave it empty (null) to derive it from the URL" $k.databaseIndex $t.databaseIndex) -}}
+{{- end -}}
+{{- if and (not (kindIs "invalid" $k.enableTLS)) (ne $k.enableTLS $t.enableTLS) -}}
+{{- fail (printf "keda.redis.enableTLS (%v) contradicts the scheme of redis.url (TLS %v): leave it empty (null) to derive it from the URL" $k.enableTLS $t.enableTLS) -}}
+{{- end -}}
+databaseIndex: {{ $t.databaseIndex }}
+enableTLS: {{ $t.enableTLS }}
+{{- end -}}
 {{- end -}}
 
 {{- define "celery-stack.secretData" -}}
 {{- if not .Values.redis.existingSecret }}
 REDIS_URL: {{ .Values.redis.url | b64enc | quote }}
-{{- /* KEDA's Redis scaler takes host:port and a password, not a URL. */}}
-{{- $u := urlParse .Values.redis.url }}
-REDIS_ADDRESS: {{ $u.host | b64enc | quote }}
-{{- $userinfo := $u.userinfo | default "" }}
-{{- if contains ":" $userinfo }}
-REDIS_PASSWORD: {{ regexReplaceAll "^[^:]*:" $userinfo "" | b64enc | quote }}
+{{- /* KEDA's Redis scaler takes host:port, a username and a password, not a URL. */}}
+{{- $t := include "celery-stack.redisTarget" . | fromYaml }}
+REDIS_ADDRESS: {{ $t.address | b64enc | quote }}
+{{- if $t.username }}
+REDIS_USERNAME: {{ $t.username | b64enc | quote }}
+{{- end }}
+{{- if $t.password }}
+REDIS_PASSWORD: {{ $t.password | b64enc | quote }}
 {{- end }}
 {{- end }}
 {{- if not .Values.database.existingSecret }}
@@ -165,10 +235,7 @@ DATABASE_URL: {{ .Values.database.url | b64enc | quote }}
 {{- if .Values.auth.tokens }}
 API_TOKENS: {{ .Values.auth.tokens | toJson | b64enc | quote }}
 {{- else if .Values.auth.generateAdminToken }}
-{{- $token := include "celery-stack.generatedAdminToken" . }}
-{{- $spec := list (dict "name" "admin" "sha256" (sha256sum $token) "scopes" (list "user" "admin")) }}
-API_TOKENS: {{ $spec | toJson | b64enc | quote }}
-ADMIN_TOKEN: {{ $token | b64enc | quote }}
+{{- /* in <fullname>-admin-token, made in the cluster by the admin-token hook Job */}}
 {{- else }}
 {{- /* empty: outside production the services fall back to the development tokens */}}
 API_TOKENS: ""
@@ -197,8 +264,13 @@ Call with (dict "root" $ "service" "api" "secretName" name). */}}
 - name: API_TOKENS
   valueFrom:
     secretKeyRef:
+      {{- if include "celery-stack.generatesAdminToken" $root }}
+      name: {{ include "celery-stack.adminTokenSecret" $root }}
+      key: API_TOKENS
+      {{- else }}
       name: {{ $root.Values.auth.existingSecret | default $own }}
       key: {{ ternary $root.Values.auth.existingSecretKey "API_TOKENS" (ne $root.Values.auth.existingSecret "") }}
+      {{- end }}
 - name: POD_NAME
   valueFrom:
     fieldRef:
@@ -311,6 +383,9 @@ topologySpreadConstraints:
 
 {{/* ---------------------------------------------------------------- pods */}}
 {{- define "celery-stack.podAnnotations" -}}
+{{- with .c }}{{- with .podAnnotations }}
+{{ toYaml . }}
+{{- end }}{{- end }}
 checksum/config: {{ include "celery-stack.configData" .root | sha256sum }}
 checksum/secret: {{ include "celery-stack.secretData" .root | sha256sum }}
 {{- if and .metricsPort .root.Values.metrics.annotations (not (include "celery-stack.monitorsEnabled" .root)) }}
@@ -355,6 +430,9 @@ the image's Python, no shell). */}}
     - name: scripts
       mountPath: /opt/celery-stack/scripts
       readOnly: true
+    {{- with .Values.extraVolumeMounts }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
 {{- end }}
 {{- end -}}
 
@@ -365,14 +443,69 @@ the image's Python, no shell). */}}
     defaultMode: 0444
 {{- end -}}
 
+{{/* A component's ServiceAccount: serviceAccount.name.<component> when given (created when
+serviceAccount.create, else it must exist), else <fullname>-<component> when created, else the
+namespace's `default` - never for a component that holds RBAC (beat's Lease Role, the admin-token
+hook): check-values refuses that. Call with (dict "root" $ "component" "beat"). */}}
 {{- define "celery-stack.serviceAccountName" -}}
-{{- if .root.Values.serviceAccount.create -}}
+{{- $sa := .root.Values.serviceAccount -}}
+{{- $given := index $sa.name (.component | replace "-" "_" | camelcase | untitle) | default "" -}}
+{{- if $given -}}
+{{- $given -}}
+{{- else if $sa.create -}}
 {{- include "celery-stack.componentName" (dict "root" .root "component" .component) -}}
 {{- else -}}
 default
 {{- end -}}
 {{- end -}}
 
+{{/* Beat's leader election: a Kubernetes Lease when beat may reach the API server (no
+NetworkPolicy, or networkPolicy.kubeAPIServerCIDRs set), else the Redis lease with its fencing
+epoch - never an egress rule open to any address. */}}
+{{- define "celery-stack.beatElection" -}}
+{{- $np := .Values.networkPolicy -}}
+{{- $reachable := or (not $np.enabled) $np.kubeAPIServerCIDRs -}}
+{{- $e := .Values.beat.election | default (ternary "kubernetes" "redis" (not (empty $reachable))) -}}
+{{- if and (eq $e "kubernetes") (not $reachable) -}}
+{{- fail "beat.election=kubernetes with networkPolicy.enabled needs networkPolicy.kubeAPIServerCIDRs (the API server endpoints: kubectl get endpoints kubernetes); or leave beat.election empty to use the Redis lease" -}}
+{{- end -}}
+{{- $e -}}
+{{- end -}}
+
 {{- define "celery-stack.beatLeaseName" -}}
 {{- .Values.beat.leaseName | default (printf "%s-beat" (include "celery-stack.fullname" .)) -}}
+{{- end -}}
+
+
+{{/* ---------------------------------------------------------------- extension points
+Per component (api, beat, each queue): extraEnvFrom, extraVolumes, extraVolumeMounts, sidecars,
+extraInitContainers, podAnnotations, probes; global extraVolumes/extraVolumeMounts reach every
+celery-stack container (e.g. a CA bundle for TLS to Redis/PostgreSQL). Call with
+(dict "root" $ "c" <component values>). */}}
+{{- define "celery-stack.extraVolumeMounts" -}}
+{{- with .root.Values.extraVolumeMounts }}
+{{ toYaml . }}
+{{- end }}
+{{- with .c.extraVolumeMounts }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{- define "celery-stack.extraVolumes" -}}
+{{- with .root.Values.extraVolumes }}
+{{ toYaml . }}
+{{- end }}
+{{- with .c.extraVolumes }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{- define "celery-stack.initContainers" -}}
+{{- $wait := include "celery-stack.waitForMigrations" .root | trim -}}
+{{- if and .wait $wait }}
+{{ $wait }}
+{{- end }}
+{{- with .c.extraInitContainers }}
+{{ toYaml . }}
+{{- end }}
 {{- end -}}

@@ -7,6 +7,7 @@ which moves these buffers into PostgreSQL exactly once, is services/worker-count
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
@@ -57,6 +58,30 @@ async def increment(  # noqa: PLR0913 - one id of one field; the options are key
         await pipe.execute()
 
 
+async def increment_many(
+    redis: aioredis.Redis,
+    field: str,
+    deltas: Mapping[TargetType, Mapping[int, int]],
+    *,
+    shards: int,
+) -> None:
+    """Buffer many deltas in one round trip: one script call per touched shard (each call
+    stays within one shard's hash tag), all in one MULTI/EXEC, so none or all are applied."""
+    by_shard: dict[keys.ShardKeys, list[int]] = {}
+    for target, per_id in deltas.items():
+        for target_id, delta in per_id.items():
+            flat = by_shard.setdefault(shard_keys(target, field, target_id, shards), [])
+            flat += (target_id, delta)
+    if not by_shard:
+        return
+    script = redis.register_script(lua(__file__, "counter_ingest_many"))
+    now_ms = int(time.time() * 1000)
+    async with redis.pipeline(transaction=True) as pipe:
+        for sk, flat in by_shard.items():
+            await script(keys=[sk.live, sk.live_since], args=[now_ms, *flat], client=pipe)
+        await pipe.execute()
+
+
 async def increment_in_db(
     conn: AsyncConnection, target: TargetType, field: str, target_id: int, delta: int = 1
 ) -> bool:
@@ -76,6 +101,7 @@ class Buffered:
     live: int
     inflight: int
     inflight_batch: str | None
+    generation: int  # the shard's claim count when this was read (keys.ShardKeys.generation)
 
 
 async def buffered(
@@ -86,8 +112,17 @@ async def buffered(
         pipe.hget(sk.live, str(target_id))
         pipe.hget(sk.inflight, str(target_id))
         pipe.get(sk.batch)
-        live, inflight, batch = await pipe.execute()
-    return Buffered(int(live or 0), int(inflight or 0), batch if inflight else None)
+        pipe.get(sk.generation)
+        live, inflight, batch, gen = await pipe.execute()
+    return Buffered(int(live or 0), int(inflight or 0), batch if inflight else None, int(gen or 0))
+
+
+async def generation(
+    redis: aioredis.Redis, target: TargetType, field: str, target_id: int, *, shards: int
+) -> int:
+    """How many batches the shard holding `target_id` has claimed so far."""
+    sk = shard_keys(target, field, target_id, shards)
+    return int(await redis.get(sk.generation) or 0)
 
 
 async def unique_viewers(redis: aioredis.Redis, target: TargetType, target_id: int) -> int:

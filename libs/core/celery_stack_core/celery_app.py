@@ -97,6 +97,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
 
 def make_celery(settings: Settings, main: str = "celery_stack") -> Celery:
-    app = Celery(main, set_as_current=False)
+    # Every task's base class makes a beat-sent task run once per slot (celery_stack_core.once).
+    app = Celery(main, set_as_current=False, task_cls="celery_stack_core.once:OnceTask")
     app.conf.update(celery_config(settings))
     return app

@@ -55,6 +55,12 @@ class ShardKeys:
         return self._k("inflight_since")
 
     @property
+    def generation(self) -> str:
+        """Counts the claims of new batches (never deleted): a reader that sees it unchanged
+        across its Redis and SQL reads knows no flush committed in between."""
+        return self._k("gen")
+
+    @property
     def trace_links(self) -> str:
         # list of W3C traceparents of recent traced increments; the flush links its span to them
         return self._k("trace_links")

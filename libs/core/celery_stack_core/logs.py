@@ -38,5 +38,8 @@ def configure_logging(service: str, level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # Python warnings (Celery's SecurityWarning as root, deprecations) become JSON records too,
+    # instead of raw multi-line text on stderr.
+    logging.captureWarnings(True)
     for noisy in ("httpx", "httpcore", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

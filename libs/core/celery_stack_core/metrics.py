@@ -49,6 +49,19 @@ FALLBACKS = Counter(
 ACTIONS = Counter(
     f"{NS}_user_actions", "User actions recorded or removed.", ["target", "kind", "op"]
 )
+VIEWS_UNCHECKED = Counter(
+    f"{NS}_views_unchecked",
+    "Views accepted without the existence check because PostgreSQL was unreachable.",
+    ["target"],
+)
+VIEW_FAST_PATH = Counter(
+    f"{NS}_view_fast_path", "Views answered by the API's fast path instead of FastAPI.", ["target"]
+)
+COUNT_REREADS = Counter(
+    f"{NS}_count_rereads",
+    "Count reads repeated because a flush claimed a batch between their Redis and SQL reads.",
+    ["target"],
+)
 DIRTY_MARK_FAILURES = Counter(
     f"{NS}_dirty_mark_failures",
     "Actions whose recount could not be requested (Redis down); reconciliation fixes them.",
@@ -292,6 +305,9 @@ ROLE_FAMILIES: dict[str, tuple[str, ...]] = {
         f"{NS}_http_",
         f"{NS}_counter_increments",
         f"{NS}_counter_db_fallbacks",
+        f"{NS}_views_unchecked",
+        f"{NS}_view_fast_path",
+        f"{NS}_count_rereads",
         PENDING_AGE_NAME,
         f"{NS}_user_actions",
         f"{NS}_dirty_mark_failures",

@@ -121,6 +121,8 @@ class CounterBatch(Base):
     keys: Mapped[int] = mapped_column(Integer, nullable=False)
     applied: Mapped[int] = mapped_column(Integer, nullable=False)
     dropped: Mapped[int] = mapped_column(Integer, nullable=False)
+    # Sum of the deltas the batch applied (rows that exist): sum(total) = sum(counters).
+    total: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
     applied_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, server_default=func.now(), index=True
     )

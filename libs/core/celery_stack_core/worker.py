@@ -69,9 +69,10 @@ def install_hooks(app: Celery, settings: Settings, service: str) -> None:
 
 
 def serve_worker_metrics(app: Celery, settings: Settings, service: str) -> None:
-    """The worker's port: /metrics (this queue's families), /healthz (not wedged: the consuming
-    heartbeat is younger than LIVENESS_FACTOR intervals), /readyz (consuming now: as fresh as the
-    chart's readiness probe asks), anything else 404."""
+    """The worker's port: /metrics (this queue's families), /healthz (not wedged: the liveness
+    file is younger than LIVENESS_FACTOR intervals; it stays fresh through a broker outage),
+    /readyz (consuming now: the consuming file as fresh as the chart's readiness probe asks),
+    anything else 404."""
     from celery_stack_core import celery_metrics, metrics
 
     obs = settings.observability
@@ -85,20 +86,24 @@ def serve_worker_metrics(app: Celery, settings: Settings, service: str) -> None:
         make_redis(settings, settings.broker_url),
         consumed,
         dict(app.conf.broker_transport_options or {}),
-        heartbeat_file=obs.worker_heartbeat_file,
+        # consuming now (the readiness file), not merely "not wedged" (celery_stack_core.liveness)
+        heartbeat_file=liveness.consuming_file(obs.worker_heartbeat_file),
         fresh_within=ready_within,
     )
     reg = metrics.registry(metrics.role_of_worker(queue), [broker])
 
-    def check(within: float) -> metrics.Check:
+    def check(path: str, within: float) -> metrics.Check:
         def run() -> tuple[bool, dict[str, Any]]:
-            age = liveness.heartbeat_age(obs.worker_heartbeat_file)
+            age = liveness.heartbeat_age(path)
             return age <= within, {"heartbeat_age": round(min(age, 1e9), 3), "max_age": within}
 
         return run
 
+    alive, consuming = obs.worker_heartbeat_file, liveness.consuming_file(obs.worker_heartbeat_file)
     metrics.serve(
-        obs.metrics_port, reg, {"/healthz": check(alive_within), "/readyz": check(ready_within)}
+        obs.metrics_port,
+        reg,
+        {"/healthz": check(alive, alive_within), "/readyz": check(consuming, ready_within)},
     )
 
 
@@ -131,6 +136,7 @@ def worker_argv(settings: Settings, queue: str, extra: list[str]) -> list[str]:
     # pass their own -n.
     named = any(arg.split("=", 1)[0] in ("-n", "--hostname") for arg in extra)
     return [
+        "--quiet",  # celery's global option: no ASCII banner, every line printed is JSON
         "worker",
         "-Q",
         ",".join(limits.queues or [queue]),
@@ -150,6 +156,9 @@ def run_worker(app: Celery, settings: Settings, queue: str, extra: list[str]) ->
 def worker_main(queue: str, extra: list[str]) -> None:
     """The body of every worker console script: settings, metrics dir, the queue's tasks."""
     settings = get_settings()
+    # JSON from the first line: what Celery prints before its setup_logging signal (the root
+    # SecurityWarning) would otherwise be raw text. install_hooks configures it again.
+    configure_logging(f"worker-{queue}", settings.deploy.log_level)
     prepare_multiproc_dir(settings)
     # Imported after the multiprocess dir is set: the module builds the app and its metrics.
     app = importlib.import_module(spec(queue).tasks_module).app

@@ -23,7 +23,8 @@ async def test_exclusive_and_owner_record(redis):
 async def test_release_never_deletes_a_successors_lock(redis):
     old = Lease(redis, "job", "a", ttl=0.2)
     assert await old.acquire()
-    await asyncio.sleep(0.3)  # expired: b takes over
+    while await redis.exists(keys.lock("job")):  # wait for the expiry itself: b takes over
+        await asyncio.sleep(0.01)
     new = Lease(redis, "job", "b", ttl=5)
     assert await new.acquire()
     assert not await old.release()  # compare-and-delete refuses
@@ -35,7 +36,19 @@ async def test_release_never_deletes_a_successors_lock(redis):
 async def test_auto_renewal_keeps_the_lease_past_its_ttl(redis):
     async with hold(redis, "long", owner="a", ttl=0.3) as lease:
         assert lease is not None
-        await asyncio.sleep(1.0)  # > 3 TTLs
+        renewals = 0
+        renew = lease.renew
+
+        async def counted() -> bool:
+            nonlocal renewals
+            renewals += 1
+            return await renew()
+
+        lease.renew = counted  # type: ignore[method-assign]
+        started = asyncio.get_running_loop().time()
+        while renewals < 4:  # the event itself: renewed again and again, past 3 TTLs
+            assert asyncio.get_running_loop().time() - started < 30, "no renewals"
+            await asyncio.sleep(0.02)
         lease.check()
         assert await redis.pttl(keys.lock("long")) > 0
         async with hold(redis, "long", owner="b", ttl=0.3) as other:
@@ -46,7 +59,10 @@ async def test_lost_lease_is_detected(redis):
     async with hold(redis, "stolen", owner="a", ttl=0.3) as lease:
         assert lease is not None
         await redis.set(keys.lock("stolen"), "someone-else")  # e.g. expired and taken over
-        await asyncio.sleep(0.35)
+        started = asyncio.get_running_loop().time()
+        while not lease.lost:  # the keeper's next renewal finds it gone
+            assert asyncio.get_running_loop().time() - started < 30, "loss never noticed"
+            await asyncio.sleep(0.02)
         try:
             lease.check()
             raise AssertionError("a lost lease must be reported")

@@ -29,6 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from celery_stack_api import counting
 from celery_stack_api.state import AppState
+from celery_stack_core import metrics
 from celery_stack_core.targets import TARGETS_BY_URL, TargetType
 
 _PATH = re.compile(r"/api/v1/(posts|articles)/([1-9][0-9]{0,18})/views")
@@ -97,6 +98,7 @@ class ViewFastPath:
             response = await handler(Request(scope), exc)
             await response(scope, receive, send)
             return
+        metrics.VIEW_FAST_PATH.labels(target).inc()
         payload = b'{"accepted":true,"path":"' + path.encode() + b'"}'
         await send(
             {

@@ -185,8 +185,10 @@ async def test_redis_down_falls_back_to_one_db_statement(settings, client_for, c
         assert body["counts"]["views"] == 4 and body["partial"] is True
         # the like is recorded (source of truth); the recount request is counted as failed
         assert (await api.put(f"/api/v1/posts/{pid}/like")).status_code == 200
+        # still ready (views fall back to PostgreSQL), reported as degraded
         r = await api.get("/readyz")
-        assert r.status_code == 503 and r.json()["checks"]["redis"].startswith("error")
+        assert r.status_code == 200 and r.json()["checks"]["redis"].startswith("error")
+        assert r.json()["degraded"] is True
 
 
 async def test_both_stores_down_is_503_with_retry_after(settings, client_for):
@@ -201,6 +203,7 @@ async def test_both_stores_down_is_503_with_retry_after(settings, client_for):
         assert r.status_code == 503 and r.headers["retry-after"]
         r = await api.put("/api/v1/posts/5/like")
         assert r.status_code == 503
+        assert (await api.get("/readyz")).status_code == 503  # no system of record: not ready
 
 
 async def test_health_ready_metrics_docs(api):

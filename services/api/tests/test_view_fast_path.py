@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from celery_stack_api.main import create_app
-from celery_stack_core import keys
+from celery_stack_core import keys, metrics
 from celery_stack_core.config import DEV_ADMIN_TOKEN, DEV_USER_TOKEN
 
 AUTH = {"Authorization": f"Bearer {DEV_USER_TOKEN}"}
@@ -53,6 +53,14 @@ CASES = [
     ("trailing slash", "/api/v1/posts/{id}/views/", {}, b"", AUTH),
 ]
 
+# The cases the fast path itself must answer (its second request: the first fills the
+# existence cache); every other case must be passed on to FastAPI.
+FAST = {"no body", "viewer", "empty object", "null viewer", "article", "admin token"}
+
+
+def fast_answers() -> float:
+    return sum(metrics.VIEW_FAST_PATH.labels(t)._value.get() for t in ("post", "article"))
+
 
 @contextlib.asynccontextmanager
 async def client(settings, fast):
@@ -81,9 +89,12 @@ async def test_fast_path_answers_like_the_route(
             ]
             url = path.format(id=post, aid=article)
             # twice: the first request fills the existence cache, the second may take the fast path
+            before = fast_answers()
             answers = [
                 await c.post(url, params=params, content=body, headers=headers) for _ in range(2)
             ]
+            answered_fast = fast_answers() - before
+        assert answered_fast == (1 if fast and name in FAST else 0), (name, fast)
         # ids differ between the two runs (new rows): compare what was buffered, per target type
         buffered: dict[str, int] = {}
         async for k in redis.scan_iter(f"{keys.PREFIX}:cnt:*:live"):

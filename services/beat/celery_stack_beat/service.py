@@ -10,6 +10,7 @@ import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import redis.asyncio as aioredis
 
@@ -27,6 +28,20 @@ from celery_stack_core.lua import lua
 from celery_stack_core.redis_client import make_async_redis
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+async def best_effort(what: str, step: Awaitable[T]) -> T | None:
+    """A step whose failure must not stop the replica (the lease TTL, the next refresh or the
+    next election attempt repairs it): run it, and log a failure with what it was."""
+    try:
+        return await step
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        log.warning("beat step failed", extra={"step": what, "error": repr(exc)})
+        return None
+
 
 EXIT_OK = 0
 EXIT_CONFIG = 2  # election backend cannot be set up
@@ -98,9 +113,8 @@ def _standby_observer(
             log.warning("cannot read the leader record", extra={"error": repr(exc)})
             record = None
         if record is None:
-            with contextlib.suppress(Exception):
-                holder = await backend.holder()
-                record = {"holder": holder} if holder else None
+            holder = await best_effort("read the lease holder", backend.holder())
+            record = {"holder": holder} if holder else None
         if record != replica.leader:
             log.info(
                 "standby: leader is %s",
@@ -140,14 +154,12 @@ async def _lead(
         await asyncio.shield(fut)
 
     publisher = Publisher(redis, replica, timing)
-    with contextlib.suppress(Exception):
-        await publisher.publish(leadership.epoch)
+    await best_effort("publish the leader record", publisher.publish(leadership.epoch))
     ticker = Ticker(redis, entries, leadership, replica, settings, send)
     tick_task = asyncio.create_task(ticker.run(), name="beat-tick")
 
     async def renewed() -> None:
-        with contextlib.suppress(Exception):
-            await publisher.refresh()
+        await best_effort("refresh the leader record", publisher.refresh())
 
     hold_task = asyncio.create_task(
         election.hold(backend, leadership, timing, stop, on_renew=renewed), name="beat-hold"
@@ -166,14 +178,13 @@ async def _lead(
         leadership.lost = leadership.lost or not stop.is_set()
         for task in (tick_task, hold_task):
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            with contextlib.suppress(asyncio.CancelledError):
+                await best_effort(f"stop {task.get_name()}", task)
         # The ticker's sends include clearing the slot from pending once the broker has it.
         if inflight or ticker.inflight:
             await asyncio.wait(inflight | ticker.inflight, timeout=10)
         if stop.is_set() and not leadership.lost:
-            with contextlib.suppress(Exception):
-                await publisher.clear()
+            await best_effort("clear the leader record", publisher.clear())
         app.close()
 
 
@@ -202,8 +213,7 @@ async def serve(settings: Settings, entries: list[Entry], stop: asyncio.Event) -
             return EXIT_OK
         if kind == "kubernetes" and not await _fence(redis, leadership.epoch):
             metrics.BEAT_TRANSITIONS.labels("refused").inc()
-            with contextlib.suppress(Exception):
-                await backend.release()
+            await best_effort("release the refused lease", backend.release())
             return EXIT_LOST
         replica.role, replica.epoch, replica.leadership = "leader", leadership.epoch, leadership
         replica.leader = {"holder": replica.identity, "epoch": leadership.epoch, "election": kind}
@@ -219,8 +229,7 @@ async def serve(settings: Settings, entries: list[Entry], stop: asyncio.Event) -
         replica.role = "stopping"
         if outcome is Outcome.STOPPED:
             leadership.lost = True  # nothing is sent after this point
-            with contextlib.suppress(Exception):
-                await backend.release()
+            await best_effort("release the lease on shutdown", backend.release())
             metrics.BEAT_TRANSITIONS.labels("released").inc()
             log.info("released leadership on shutdown", extra={"epoch": leadership.epoch})
             return EXIT_OK
@@ -232,8 +241,7 @@ async def serve(settings: Settings, entries: list[Entry], stop: asyncio.Event) -
         return EXIT_LOST
     finally:
         if backend is not None:
-            with contextlib.suppress(Exception):
-                await backend.close()
+            await best_effort("close the election backend", backend.close())
         await redis.aclose()
         if server is not None:
             server.shutdown()

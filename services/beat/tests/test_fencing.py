@@ -41,7 +41,8 @@ async def test_expired_lease_is_taken_over_and_the_old_holder_cannot_renew(redis
     a, b = RedisLease(redis, "a", T), RedisLease(redis, "b", T)
     assert await a.try_acquire() == 1
     await redis.pexpire(keys.BEAT_LEASE, 1)  # as if a had been paused past its lease
-    await asyncio.sleep(0.01)
+    while await redis.exists(keys.BEAT_LEASE):  # the expiry itself
+        await asyncio.sleep(0.005)
     assert await b.try_acquire() == 2
     assert await a.renew() is False
     await a.release()
@@ -152,7 +153,9 @@ async def test_release_wakes_a_waiting_standby(redis) -> None:
     a, b = RedisLease(redis, "a", T), RedisLease(redis, "b", T)
     assert await a.try_acquire() == 1
     waiting = asyncio.create_task(b.wait(60))
-    await asyncio.sleep(0.2)  # b is subscribed
+    while (await redis.pubsub_numsub(keys.BEAT_RELEASED))[0][1] < 1:  # b is subscribed
+        assert not waiting.done(), waiting
+        await asyncio.sleep(0.01)
     assert not waiting.done()
     await a.release()
     await asyncio.wait_for(waiting, timeout=10)  # long before its 60 s

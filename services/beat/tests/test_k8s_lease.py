@@ -12,6 +12,7 @@ import re
 import signal
 import threading
 import time
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from typing import Any
 import pytest
 import redis as sync_redis
 
-from celery_stack_beat import fencing
+from celery_stack_beat import clock, fencing
 from celery_stack_beat.election import Timing
 from celery_stack_beat.election_k8s import KubeLease
 from celery_stack_core import keys
@@ -192,7 +193,8 @@ async def test_acquire_creates_the_lease_and_renewal_updates_it(kube, candidates
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", spec["renewTime"])
     assert await b.try_acquire() is None  # held, and b has only just started watching it
     renewed = spec["renewTime"]
-    await asyncio.sleep(0.01)
+    while datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ") <= renewed:  # the clock moved on
+        await asyncio.sleep(0.001)
     assert await a.renew() is True
     assert kube.spec()["renewTime"] > renewed
     assert kube.spec()["leaseTransitions"] == 7  # renewals do not change the epoch
@@ -241,20 +243,25 @@ async def test_takeover_from_a_stale_snapshot_is_refused(kube, candidates, redis
     assert await b.renew() is False  # b holds nothing
 
 
-async def test_takeover_only_after_the_lease_expires_by_the_standbys_clock(kube, candidates, redis):
-    # A 3 s lease and sleeps of half of it: a stalled test machine cannot flip the outcome.
+async def test_takeover_only_after_the_lease_expires_by_the_standbys_clock(
+    kube, candidates, redis, monkeypatch
+):
+    # The replicas' monotonic clock is a fake one the test moves: time passing is the subject
+    # here, and no stall of the test machine can flip the outcome.
+    now = [1000.0]
+    monkeypatch.setattr(clock, "now", lambda: now[0])
     slow = Timing(lease=3.0, deadline=2.1, retry=0.6)
     a, b = candidates("a", slow), candidates("b", slow)
     assert await a.try_acquire() == 1
     assert await b.try_acquire() is None
-    await asyncio.sleep(1.5)
+    now[0] += 1.5
     assert await a.renew() is True  # the record changes: b's watch restarts
-    await asyncio.sleep(1.5)
+    now[0] += 1.5
     # 3 s since a acquired, but b saw the record change only now: its watch restarts here.
     assert await b.try_acquire() is None
-    await asyncio.sleep(1.5)
+    now[0] += 1.5
     assert await b.try_acquire() is None  # unchanged for 1.5 s of b's clock: not expired
-    await asyncio.sleep(2.0)
+    now[0] += 2.0
     assert await b.try_acquire() == 2  # unchanged for > leaseDurationSeconds: expired
     assert kube.spec()["holderIdentity"] == "b" and kube.spec()["leaseTransitions"] == 2
     assert await a.renew() is False
@@ -342,8 +349,7 @@ def test_beat_processes_elect_hand_over_and_give_up_on_a_kubernetes_lease(
         kube.fail = True
         failed_at = time.monotonic()
         assert standby.proc.wait(20) == 3, standby.output()
-        n = len(sends(client))
-        time.sleep(0.5)
+        n = len(sends(client))  # it has exited: whatever it sent is in the list
         assert len(sends(client)) == n
         assert time.monotonic() - failed_at < 2 + 0.5 + 10  # deadline + retry + slack
         assert "lost leadership" in standby.output()

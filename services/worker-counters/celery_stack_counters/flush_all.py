@@ -1,7 +1,12 @@
-"""Flush every shard of every buffered counter, each under its own lease."""
+"""Flush every shard of every buffered counter this worker can lease, in one transaction.
+
+The lease only keeps two flushers from doing the same work; correctness never depends on it
+(the ledger does that), so a lease lost mid-flush is harmless.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import redis.asyncio as aioredis
@@ -10,11 +15,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from celery_stack_core import metrics
 from celery_stack_core.keys import ShardKeys
 from celery_stack_core.locks import hold
-from celery_stack_core.retry import with_retry
+from celery_stack_core.retry import is_transient, with_retry
 from celery_stack_core.targets import BUFFERED
-from celery_stack_counters.flush import FlushResult, StepHook, _no_hook, flush_shard
+from celery_stack_counters.flush import FlushResult, StepHook, _no_hook, flush_many, flush_shard
 
 log = logging.getLogger(__name__)
+# A resumed batch (a crashed flush's) is flushed first, then the live hash: one more round.
+# Bounded so a shard that is resumed every time cannot hold the task forever.
+MAX_ROUNDS = 3
 
 
 def all_shards(shards: int) -> list[ShardKeys]:
@@ -30,28 +38,55 @@ async def flush_all(  # noqa: PLR0913 - `hook` leaves when flush.py adopts core 
     lease_ttl: float,
     hook: StepHook = _no_hook,
 ) -> list[FlushResult]:
-    """Flush what this worker can lease; a shard leased by another flusher is skipped.
+    """Flush what this worker can lease (a shard leased by another flusher is skipped): all
+    leased shards in one transaction (flush_many). If that transaction fails for a reason other
+    than a connection error, each shard is flushed on its own, so one bad shard cannot hold
+    back the others."""
+    results: list[FlushResult] = []
+    async with contextlib.AsyncExitStack() as stack:
+        mine: list[ShardKeys] = []
+        for sk in all_shards(shards):
+            lease = await stack.enter_async_context(
+                hold(redis, sk.lease, owner=owner, ttl=lease_ttl)
+            )
+            if lease is not None:
+                mine.append(sk)
+        todo = mine
+        for _ in range(MAX_ROUNDS):
+            try:
+                done = await with_retry(
+                    lambda todo=todo: flush_many(redis, engine, todo, hook), what="flush"
+                )
+            except Exception as exc:
+                if is_transient(exc):
+                    _failed(todo, exc)
+                log.warning("batched flush failed, flushing shard by shard", exc_info=True)
+                results += await _one_by_one(redis, engine, todo, hook)
+                break
+            results += done
+            todo = [ShardKeys(*_parse(r.counter)) for r in done if r.resumed]
+            if not todo:
+                break
+        await _report_buffered(redis, mine)
+    return results
 
-    The lease only keeps two flushers from doing the same work; correctness never depends
-    on it (the ledger does that), so a lease lost mid-flush is harmless.
-    """
+
+def _parse(name: str) -> tuple[str, str, int]:
+    target, field, shard = name.split(":")
+    return target, field, int(shard)
+
+
+async def _one_by_one(
+    redis: aioredis.Redis, engine: AsyncEngine, shards: list[ShardKeys], hook: StepHook
+) -> list[FlushResult]:
     results: list[FlushResult] = []
     failed: list[str] = []
-    for sk in all_shards(shards):
+    for sk in shards:
         try:
-            async with hold(redis, sk.lease, owner=owner, ttl=lease_ttl) as lease:
-                if lease is None:
-                    continue
-                while True:
-                    res = await with_retry(
-                        lambda sk=sk: flush_shard(redis, engine, sk, hook),
-                        what=f"flush {sk.name}",
-                    )
-                    results.append(res)
-                    if not res.resumed:
-                        break  # a resumed batch was a crashed flush's: now do the live one
-                total = await redis.hlen(sk.live) + await redis.hlen(sk.inflight)
-                metrics.BUFFERED.labels(sk.name).set(total)
+            res = await flush_shard(redis, engine, sk, hook)
+            results.append(res)
+            if res.resumed:
+                results.append(await flush_shard(redis, engine, sk, hook))
         except Exception:
             # Counted and logged, never swallowed silently; the in-flight batch stays in Redis
             # and the next flush resumes it.
@@ -61,6 +96,26 @@ async def flush_all(  # noqa: PLR0913 - `hook` leaves when flush.py adopts core 
     if failed:
         raise FlushFailed(failed)
     return results
+
+
+def _failed(shards: list[ShardKeys], exc: Exception) -> None:
+    """A store stayed unreachable through the retries: every shard failed; nothing to isolate."""
+    for sk in shards:
+        metrics.FLUSH_FAILURES.labels(sk.name).inc()
+    log.error("flush failed", extra={"shards": len(shards), "error": repr(exc)})
+    raise FlushFailed([sk.name for sk in shards]) from exc
+
+
+async def _report_buffered(redis: aioredis.Redis, shards: list[ShardKeys]) -> None:
+    if not shards:
+        return
+    async with redis.pipeline(transaction=False) as pipe:
+        for sk in shards:
+            pipe.hlen(sk.live)
+            pipe.hlen(sk.inflight)
+        sizes = await pipe.execute()
+    for i, sk in enumerate(shards):
+        metrics.BUFFERED.labels(sk.name).set(sizes[2 * i] + sizes[2 * i + 1])
 
 
 class FlushFailed(RuntimeError):

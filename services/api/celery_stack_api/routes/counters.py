@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from enum import Enum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, HTTPException, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from celery_stack_api import counting
 from celery_stack_api.deps import ActingUser, StateDep, TargetId, UserDep
-from celery_stack_core.targets import TARGETS_BY_URL, ActionKind
+from celery_stack_core.targets import TARGETS_BY_URL, ActionKind, TargetType
 
 router = APIRouter(prefix="/api/v1", tags=["counters"])
 
@@ -129,6 +129,52 @@ def _action(kind: ActionKind, *, on: bool) -> Callable[..., Awaitable[ActionOut]
         return ActionOut(kind=kind, active=on, changed=changed)
 
     return action
+
+
+# --- bulk view ingest (log processors, edge aggregators) ---------------------------------------
+VIEW_BATCH_MAX_ITEMS = 10_000
+VIEW_BATCH_MAX_COUNT = 1_000_000
+
+
+class ViewBatchItem(BaseModel):
+    target: Literal["post", "article"] = Field(description="What was viewed.")
+    id: int = Field(ge=1, le=2**63 - 1, description="Row id (positive bigint).")
+    count: int = Field(
+        default=1, ge=1, le=VIEW_BATCH_MAX_COUNT, description="Views of this id to add."
+    )
+
+
+class ViewBatchIn(BaseModel):
+    items: list[ViewBatchItem] = Field(min_length=1, max_length=VIEW_BATCH_MAX_ITEMS)
+
+
+class ViewRef(BaseModel):
+    target: str
+    id: int
+
+
+class ViewBatchOut(BaseModel):
+    accepted: int = Field(description="Views buffered (the sum of the accepted counts).")
+    unknown: list[ViewRef] = Field(description="Ids with no row: not counted.")
+
+
+@router.post(
+    "/views:batch",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=ViewBatchOut,
+    responses={503: {"description": "Redis unreachable: nothing was buffered, retry"}},
+)
+async def record_views_batch(*, body: ViewBatchIn, state: StateDep, _: UserDep) -> ViewBatchOut:
+    """Many views in one request, buffered with one Redis round trip, all or none; the same
+    exactly-once flush as single views. An id listed twice counts both."""
+    items: dict[TargetType, dict[int, int]] = {}
+    for item in body.items:
+        per_id = items.setdefault(item.target, {})
+        per_id[item.id] = per_id.get(item.id, 0) + item.count
+    out = await counting.record_views_batch(state, items)
+    return ViewBatchOut(
+        accepted=out.accepted, unknown=[ViewRef(target=t, id=i) for t, i in out.unknown]
+    )
 
 
 for _name, _method, _segment, _kind, _on in ACTIONS:

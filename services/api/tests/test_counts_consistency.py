@@ -1,0 +1,144 @@
+"""Counts never go backwards and never exceed what was accepted (issue 14), and the bulk view
+ingest (issue 13): real app in-process, real Redis, real PostgreSQL, the real flush."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+from celery_stack_api import counting
+from celery_stack_core import buffer, metrics
+from celery_stack_core.targets import BUFFERED
+from celery_stack_counters.flush import flush_shard
+from celery_stack_counters.flush_all import flush_all
+
+
+async def test_flush_between_the_redis_and_sql_reads_is_not_counted_twice(
+    api, post_id, redis, engine, settings
+):
+    """The interleaving of issue 14, forced: a flush claims and commits the live views after
+    read_counts read Redis and before it reads PostgreSQL. It read 10 for 5 views before."""
+    for _ in range(5):
+        assert (await api.post(f"/api/v1/posts/{post_id}/views")).status_code == 202
+    state = api._transport.app.state.app  # the app's own state: same engine, Redis, settings
+    sk = buffer.shard_keys("post", "views", post_id, settings.counters.shards)
+    flushed = []
+
+    async def flush_once() -> None:
+        if not flushed:
+            flushed.append(await flush_shard(redis, engine, sk))
+
+    before = metrics.COUNT_REREADS.labels("post")._value.get()
+    out = await counting.read_counts(state, "post", post_id, between=flush_once)
+    assert flushed[0].outcome == "applied" and flushed[0].applied == 1
+    assert out["counts"]["views"] == 5
+    assert metrics.COUNT_REREADS.labels("post")._value.get() == before + 1  # it did re-read
+
+
+async def test_readers_never_see_a_count_go_down_or_above_what_was_sent(
+    api, redis, engine, settings
+):
+    posts = [
+        (await api.post("/api/v1/posts", json={"title": f"p{i}"})).json()["id"] for i in range(4)
+    ]
+    sent = dict.fromkeys(posts, 0)  # bumped BEFORE each view is sent: an upper bound
+    done = asyncio.Event()
+    problems: list[str] = []
+
+    async def writer(seed: int) -> None:
+        rnd = random.Random(seed)
+        while not done.is_set():
+            pid = rnd.choice(posts)
+            sent[pid] += 1
+            assert (await api.post(f"/api/v1/posts/{pid}/views")).status_code == 202
+
+    applied = []
+
+    async def flusher() -> None:
+        while not done.is_set():
+            res = await flush_all(
+                redis, engine, shards=settings.counters.shards, owner="t", lease_ttl=5
+            )
+            applied.extend(r for r in res if r.outcome == "applied")
+            await asyncio.sleep(0)
+
+    async def reader(pid: int) -> int:
+        last, reads = 0, 0
+        while not done.is_set():
+            r = await api.get(f"/api/v1/posts/{pid}/counts")
+            views, bound = r.json()["counts"]["views"], sent[pid]
+            if views < last:
+                problems.append(f"post {pid}: {last} then {views}")
+            if views > bound:
+                problems.append(f"post {pid}: read {views} with {bound} sent")
+            last, reads = views, reads + 1
+        return reads
+
+    tasks = [asyncio.create_task(writer(s)) for s in range(4)]
+    tasks.append(asyncio.create_task(flusher()))
+    readers = [asyncio.create_task(reader(pid)) for pid in posts]
+    await asyncio.sleep(4)
+    done.set()
+    await asyncio.gather(*tasks)
+    reads = await asyncio.gather(*readers)
+    assert not problems, problems[:10]
+    assert min(reads) > 10
+    assert len(applied) > 10  # flushes really ran while the readers read
+    await flush_all(redis, engine, shards=settings.counters.shards, owner="t", lease_ttl=5)
+    for pid in posts:
+        r = await api.get(f"/api/v1/posts/{pid}/counts")
+        assert r.json()["counts"]["views"] == sent[pid]
+
+
+async def test_view_batch_buffers_all_and_reports_unknown_ids(api, redis, engine, settings):
+    posts = [(await api.post("/api/v1/posts", json={"title": "p"})).json()["id"] for _ in range(3)]
+    article = (await api.post("/api/v1/articles", json={"title": "a"})).json()["id"]
+    items = [{"target": "post", "id": p, "count": 2} for p in posts]
+    items += [
+        {"target": "post", "id": posts[0], "count": 5},  # listed twice: both count
+        {"target": "article", "id": article, "count": 7},
+        {"target": "post", "id": 999_999, "count": 3},
+    ]
+    r = await api.post("/api/v1/views:batch", json={"items": items})
+    assert r.status_code == 202, r.text
+    assert r.json() == {"accepted": 6 + 5 + 7, "unknown": [{"target": "post", "id": 999_999}]}
+    views = [(await api.get(f"/api/v1/posts/{p}/counts")).json()["counts"]["views"] for p in posts]
+    assert views == [7, 2, 2]
+    await flush_all(redis, engine, shards=settings.counters.shards, owner="t", lease_ttl=5)
+    views = [(await api.get(f"/api/v1/posts/{p}/counts")).json()["counts"]["views"] for p in posts]
+    assert views == [7, 2, 2]
+    a = (await api.get(f"/api/v1/articles/{article}/counts")).json()["counts"]["views"]
+    assert a == 7
+
+
+async def test_view_batch_bad_input_is_422_and_writes_nothing(api, post_id, redis):
+    bad = [
+        {},
+        {"items": []},
+        {"items": [{"target": "comment", "id": post_id, "count": 1}]},
+        {"items": [{"target": "post", "id": 0, "count": 1}]},
+        {"items": [{"target": "post", "id": 2**63, "count": 1}]},
+        {"items": [{"target": "post", "id": post_id, "count": 0}]},
+        {"items": [{"target": "post", "id": post_id, "count": 10**9}]},
+        {"items": [{"target": "post", "id": "x", "count": 1}]},
+        {"items": [{"target": "post", "id": post_id, "count": 1}] * 10_001},
+    ]
+    for body in bad:
+        r = await api.post("/api/v1/views:batch", json=body)
+        assert r.status_code in (413, 422), (body if len(str(body)) < 200 else "long", r.text)
+    assert await redis.dbsize() == 0
+    r = await api.post(
+        "/api/v1/views:batch",
+        json={"items": [{"target": "post", "id": post_id}]},
+        headers={"Authorization": ""},
+    )
+    assert r.status_code == 401
+
+
+def test_view_batch_targets_are_the_viewed_ones():
+    from typing import get_args
+
+    from celery_stack_api.routes.counters import ViewBatchItem
+
+    literal = ViewBatchItem.model_fields["target"].annotation
+    assert set(get_args(literal)) == {t for t, f in BUFFERED if f == "views"}
