@@ -9,8 +9,9 @@ kill the process, delete a row, raise.
     with HOOKS.installed("flush", record): ...   # removed again at the end of the block
 
 Components and their steps: "scans" (claimed, checkpoint; context: the domain), "api.scans"
-(committed: between a scan's COMMIT and its publish; context: the scan id), and once the
-counters flush moves here, "flush" (claimed, ledger_inserted, applied, committed, acked).
+(committed: between a scan's COMMIT and its publish; context: the scan id), "flush" (claimed,
+ledger_inserted, applied, committed, acked: celery_stack_counters.flush.STEPS) and "api.counts"
+(buffers_read: a count read between its Redis read and its SQL read).
 """
 
 from __future__ import annotations
