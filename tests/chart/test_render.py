@@ -37,6 +37,7 @@ ENTRYPOINTS = {
     "celery-stack-worker-maintenance",
     "celery-stack-beat",
     "celery-stack-migrate",
+    "celery-stack-janitor",
     "python",  # the chart's own scripts (files/*.py) run by the image's Python
 }
 
@@ -412,11 +413,12 @@ class TestBeat:
         assert binding["subjects"] == [
             {"kind": "ServiceAccount", "name": f"{FULL}-beat", "namespace": "celery-stack"}
         ]
-        # beat's Role and the admin-token hook's (tests/chart/test_platform.py), nothing
-        # cluster-wide
+        # beat's, the admin-token hook's (tests/chart/test_platform.py) and the janitor's (pods
+        # get/list, tests/chart/test_janitor.py) Roles; nothing cluster-wide
         assert {r["metadata"]["name"] for r in by_kind(docs, "Role")} == {
             f"{FULL}-beat",
             f"{FULL}-admin-token",
+            f"{FULL}-janitor",
         }
         assert not by_kind(docs, "ClusterRole") and not by_kind(docs, "ClusterRoleBinding")
         env = env_of(container(one(docs, "Deployment", f"{FULL}-beat"), "beat"))
@@ -425,8 +427,13 @@ class TestBeat:
     def test_only_beat_mounts_a_service_account_token(self):
         docs = render_chart({**FLOWER_ON, **LEASE})
         for name, spec in pod_specs(docs):
-            # and the admin-token hook Job, which creates its Secret through the API server
-            expected = name in (f"Deployment/{FULL}-beat", f"Job/{FULL}-admin-token")
+            # and the admin-token hook Job, which creates its Secret through the API server, and
+            # the janitor CronJob (lists pods to judge lock owners)
+            expected = name in (
+                f"Deployment/{FULL}-beat",
+                f"Job/{FULL}-admin-token",
+                f"CronJob/{FULL}-janitor",
+            )
             assert spec["automountServiceAccountToken"] is expected, name
         assert (
             one(docs, "Deployment", f"{FULL}-beat")["spec"]["template"]["spec"][
@@ -652,9 +659,15 @@ class TestNetworkPolicy:
         beat = pols[f"{FULL}-beat"]
         assert beat["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "beat"
         assert [p["port"] for p in beat["spec"]["egress"][0]["ports"]] == [443, 6443]
+        # the janitor's pods too (pods list; the operator's watches), selected by component
+        janitor = pols[f"{FULL}-janitor"]
+        assert janitor["spec"]["podSelector"]["matchExpressions"][1]["values"] == [
+            "janitor",
+            "janitor-operator",
+        ]
         # and the run-once admin-token hook (tests/chart/test_platform.py)
         for name, pol in pols.items():
-            if name not in (f"{FULL}-beat", f"{FULL}-admin-token"):
+            if name not in (f"{FULL}-beat", f"{FULL}-janitor", f"{FULL}-admin-token"):
                 ports = jmespath.search("spec.egress[].ports[].port", pol) or []
                 assert 6443 not in ports, name
 
@@ -858,4 +871,5 @@ class TestLabelsAndNames:
                 "networkpolicies",
                 "tests",
                 "monitoring",
+                "janitor",
             }

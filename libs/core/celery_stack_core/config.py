@@ -343,6 +343,69 @@ class OutboxSettings(_Group):
     relay_batch: int = Field(default=500, ge=1, le=10_000, validation_alias="OUTBOX_RELAY_BATCH")
 
 
+class JanitorSettings(_Group):
+    """janitor"""
+
+    # Keys asked for per SCAN step (its COUNT hint): one step is a bounded piece of Redis work.
+    scan_count: int = Field(default=1000, ge=10, le=100_000, validation_alias="JANITOR_SCAN_COUNT")
+    # Keys one sweep examines per run at most; the next run goes on from the saved cursor.
+    max_keys: int = Field(default=2_000_000, ge=100, validation_alias="JANITOR_MAX_KEYS")
+    # Rows per retention transaction, and transactions per sweep per run at most.
+    batch_size: int = Field(default=1000, ge=1, le=100_000, validation_alias="JANITOR_BATCH_SIZE")
+    max_batches: int = Field(default=100, ge=1, validation_alias="JANITOR_MAX_BATCHES")
+    # A lock's owner must have been silent (no heartbeat) this many seconds before its lock is
+    # released, and on Kubernetes its pod must be gone as well (DESIGN "Locks and the janitor").
+    lock_grace: float = Field(default=30.0, ge=0, validation_alias="JANITOR_LOCK_GRACE")
+    # A running scan is stuck when its heartbeat is older than SCAN_HEARTBEAT_STALE plus this
+    # and its worker is not alive; it is then requeued as a new attempt or marked dead.
+    stuck_scan_grace: float = Field(default=60.0, ge=0, validation_alias="JANITOR_STUCK_SCAN_GRACE")
+    # An in-flight counter batch older than this with no flush lease held gets a flush sent to
+    # the counters queue, which resumes it (the flush's own claim returns the in-flight batch).
+    inflight_max_age: float = Field(
+        default=120.0, gt=0, validation_alias="JANITOR_INFLIGHT_MAX_AGE"
+    )
+    # Dirty-set claims older than RECOUNT_CLAIM_TIMEOUT plus this go back to the dirty set.
+    claim_grace: float = Field(default=60.0, ge=0, validation_alias="JANITOR_CLAIM_GRACE")
+    # Unsent outbox rows older than this are published by the janitor (the relay missed them).
+    outbox_max_age: float = Field(default=300.0, gt=0, validation_alias="JANITOR_OUTBOX_MAX_AGE")
+    # Retention in days: findings of finished scans, sent outbox rows, dead scans, and counter
+    # ledger rows (only those whose batch can no longer be resumed, docs/counters.md).
+    retention_findings_days: float = Field(
+        default=90.0, gt=0, validation_alias="RETENTION_FINDINGS_DAYS"
+    )
+    retention_outbox_days: float = Field(
+        default=7.0, gt=0, validation_alias="RETENTION_OUTBOX_DAYS"
+    )
+    retention_dead_scans_days: float = Field(
+        default=30.0, gt=0, validation_alias="RETENTION_DEAD_SCANS_DAYS"
+    )
+    retention_ledger_days: float = Field(
+        default=7.0, gt=0, validation_alias="RETENTION_LEDGER_DAYS"
+    )
+    # Seconds a dry run through the API may take; it reports `complete: false` when cut short.
+    dry_run_timeout: float = Field(default=10.0, gt=0, validation_alias="JANITOR_DRY_RUN_TIMEOUT")
+    # Kubernetes namespace whose pods own locks and scans (the janitor's own when empty and
+    # in-cluster); outside Kubernetes pod owners are never released by a sweep.
+    namespace: str = Field(default="", validation_alias="JANITOR_NAMESPACE")
+    # The operator: the Job template file its CronJobs copy (rendered by the chart), the port of
+    # kopf's liveness endpoint, and the label selector of the pods whose deletion releases locks.
+    operator_job_template: str = Field(default="", validation_alias="JANITOR_OPERATOR_JOB_TEMPLATE")
+    operator_health_port: int = Field(
+        default=8080, ge=0, le=65535, validation_alias="JANITOR_OPERATOR_HEALTH_PORT"
+    )
+    # Seconds between the operator's status updates of each JanitorPolicy (last schedule, run).
+    operator_status_interval: float = Field(
+        default=30.0, gt=0, validation_alias="JANITOR_OPERATOR_STATUS_INTERVAL"
+    )
+    # Set by the operator on each JanitorPolicy's CronJob: the sweep keeps its last report in
+    # Redis under this policy's name, and the operator copies it into the policy's status.
+    policy: str = Field(default="", validation_alias="JANITOR_POLICY")
+    operator_pod_selector: str = Field(
+        default="app.kubernetes.io/name=celery-stack",
+        validation_alias="JANITOR_OPERATOR_POD_SELECTOR",
+    )
+
+
 class MaintenanceSettings(_Group):
     """maintenance rules"""
 
@@ -394,6 +457,7 @@ class Settings(BaseModel):
     scans: ScanSettings = Field(default_factory=ScanSettings)
     scanner: ScannerSettings = Field(default_factory=ScannerSettings)
     outbox: OutboxSettings = Field(default_factory=OutboxSettings)
+    janitor: JanitorSettings = Field(default_factory=JanitorSettings)
     maintenance: MaintenanceSettings = Field(default_factory=MaintenanceSettings)
 
     GROUPS: ClassVar[dict[str, type[_Group]]] = {
@@ -407,6 +471,7 @@ class Settings(BaseModel):
         "scans": ScanSettings,
         "scanner": ScannerSettings,
         "outbox": OutboxSettings,
+        "janitor": JanitorSettings,
         "maintenance": MaintenanceSettings,
     }
 
@@ -474,6 +539,16 @@ class Settings(BaseModel):
                     f"CELERY_VISIBILITY_TIMEOUT ({visibility}s) must exceed "
                     f"{prefix}TIME_LIMIT ({queue.time_limit}s)"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _check_janitor(self) -> Settings:
+        # A flusher holds a batch id in memory for at most the counters hard time limit; a
+        # ledger row must outlive that by far, or a late flusher could apply its batch twice
+        # (docs/counters.md, "Ledger retention").
+        limit = self.queues["counters"].time_limit if "counters" in self.queues else 0
+        if self.janitor.retention_ledger_days * 86400 < 100 * limit:
+            raise ValueError("RETENTION_LEDGER_DAYS must exceed 100 x COUNTERS_TIME_LIMIT")
         return self
 
     # --- derived ------------------------------------------------------------------------------

@@ -56,7 +56,14 @@ class Lease:
 
     async def acquire(self) -> bool:
         self.record = json.dumps(
-            {"owner": self.owner, "nonce": secrets.token_hex(8), "at": round(time.time(), 3)},
+            # ttl: the janitor reads the heartbeat's remaining TTL against 2 x ttl to know how
+            # long the owner has been silent (celery_stack_core.sweeps.locks).
+            {
+                "owner": self.owner,
+                "nonce": secrets.token_hex(8),
+                "at": round(time.time(), 3),
+                "ttl": self.ttl,
+            },
             separators=(",", ":"),
         )
         script = self.redis.register_script(lua(__file__, "lock_acquire"))

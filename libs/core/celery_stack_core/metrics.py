@@ -161,6 +161,40 @@ OUTBOX_OLDEST_AGE = Gauge(
 )
 # --- scans (end) ------------------------------------------------------------------------------
 
+# --- janitor (begin) -------------------------------------------------------------------------
+JANITOR_FOUND = Counter(
+    f"{NS}_janitor_found", "Things a janitor sweep found to act on (real runs).", ["sweep"]
+)
+JANITOR_REMOVED = Counter(
+    f"{NS}_janitor_removed",
+    "Things a janitor sweep removed, released, requeued or repaired (real runs).",
+    ["sweep"],
+)
+JANITOR_SKIPPED = Counter(
+    f"{NS}_janitor_skipped",
+    "Things a janitor sweep looked at and left alone, by reason (owner_alive, grace, changed...).",
+    ["sweep", "reason"],
+)
+JANITOR_DURATION = Histogram(
+    f"{NS}_janitor_sweep_duration_seconds",
+    "Time one janitor sweep took (real runs).",
+    ["sweep"],
+    buckets=(0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+)
+JANITOR_LAST_RUN = Gauge(
+    f"{NS}_janitor_last_run_timestamp_seconds",
+    "Unix time a janitor sweep last finished a real run.",
+    ["sweep"],
+    multiprocess_mode="max",
+)
+LOCKS_HELD = Gauge(
+    f"{NS}_locks_held", "Locks held in Redis at the last janitor look.", multiprocess_mode="max"
+)
+LOCKS_LEAKED = Counter(
+    f"{NS}_locks_leaked", "Locks the janitor released because their owner was gone."
+)
+# --- janitor (end) ---------------------------------------------------------------------------
+
 # --- beat (one process per replica; each replica exposes its own) ------------------------------
 BEAT_IS_LEADER = Gauge(
     f"{NS}_beat_is_leader", "1 while this beat replica leads and may send, else 0.", ["election"]

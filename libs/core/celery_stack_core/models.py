@@ -216,6 +216,45 @@ class Outbox(Base):
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
+# --- scans (end) ------------------------------------------------------------------------------
+
+
+# --- janitor (begin) --------------------------------------------------------------------------
+JOB_STATUSES = ("queued", "running", "succeeded", "failed")
+ACTIVE_JOB_STATUSES = ("queued", "running")
+
+
+class MaintenanceJob(Base):
+    """A janitor sweep started through the API and run on the maintenance queue; at most one
+    queued or running job per kind (the partial unique index), so a second start is a 409."""
+
+    __tablename__ = "maintenance_jobs"
+    __table_args__ = (
+        CheckConstraint("status IN ('queued', 'running', 'succeeded', 'failed')", name="status"),
+        Index(
+            "uq_maintenance_jobs_active_kind",
+            "kind",
+            unique=True,
+            postgresql_where=text("status IN ('queued', 'running')"),
+        ),
+        Index("ix_maintenance_jobs_created", "created_at"),
+    )
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    kind: Mapped[str] = mapped_column(Text, nullable=False)
+    status: Mapped[str] = mapped_column(Text, nullable=False, server_default="queued")
+    requested_by: Mapped[str] = mapped_column(Text, nullable=False)
+    progress: Mapped[dict[str, object]] = mapped_column(JSONB, nullable=False, server_default="{}")
+    report: Mapped[dict[str, object]] = mapped_column(JSONB, nullable=False, server_default="{}")
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = _created()
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+# --- janitor (end) ----------------------------------------------------------------------------
+
+
 # --- maintenance rules (begin) ----------------------------------------------------------------
 # Example tables that reproduce field report 003's scheduled jobs, and the rule engine's own
 # bookkeeping (DESIGN "Maintenance"). The rules themselves are data: celery_stack_core.rules.

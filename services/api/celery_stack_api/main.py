@@ -15,7 +15,7 @@ from celery_stack_api.docs import install_offline_docs
 from celery_stack_api.fastpath import ViewFastPath
 from celery_stack_api.http_metrics import HttpMetrics
 from celery_stack_api.limits import BodyLimit
-from celery_stack_api.routes import content, counters, examples, health, rules, scans
+from celery_stack_api.routes import content, counters, examples, health, maintenance, rules, scans
 from celery_stack_api.scans import BadCursor, ScanConflict, ScanNotFound
 from celery_stack_api.state import AppState
 from celery_stack_core import celery_metrics, outbox
@@ -65,6 +65,7 @@ def create_app(settings: Settings | None = None, *, view_fast_path: bool = True)
     app.include_router(counters.router)
     app.include_router(content.router)
     app.include_router(scans.router)
+    app.include_router(maintenance.router)
     app.include_router(rules.router)
     app.include_router(examples.router)
 
