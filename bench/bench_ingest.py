@@ -83,7 +83,7 @@ COMPARISONS = {
 }
 
 
-def _loadgen(
+def _loadgen(  # noqa: PLR0913 - bench/loadgen.py's options, keyword-only past the third
     env: BenchEnv,
     port: int,
     seconds: float,

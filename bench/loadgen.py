@@ -17,21 +17,26 @@ import asyncio
 import json
 import random
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
-async def _connection(
-    host: str,
-    port: int,
-    requests: list[bytes],
-    deadline: float,
-    record_from: float,
-    latencies: list[float],
-    statuses: dict[int, int],
-    interval: float = 0.0,
-    first: float = 0.0,
-) -> None:
-    reader, writer = await asyncio.open_connection(host, port)
+@dataclass
+class _Run:
+    """What every connection of one run shares: where, what, until when, and the results."""
+
+    host: str
+    port: int
+    requests: list[bytes]
+    deadline: float
+    record_from: float
+    latencies: list[float] = field(default_factory=list)
+    statuses: dict[int, int] = field(default_factory=dict)
+
+
+async def _connection(run: _Run, interval: float = 0.0, first: float = 0.0) -> None:
+    requests, latencies, statuses = run.requests, run.latencies, run.statuses
+    reader, writer = await asyncio.open_connection(run.host, run.port)
     i = random.randrange(len(requests))
     scheduled = first
     try:
@@ -46,7 +51,7 @@ async def _connection(
                 scheduled += interval
             else:
                 now = time.perf_counter()
-            if now >= deadline:
+            if now >= run.deadline:
                 return
             writer.write(requests[i])
             i = (i + 1) % len(requests)
@@ -58,7 +63,7 @@ async def _connection(
             if length:
                 await reader.readexactly(length)
             done = time.perf_counter()
-            if now >= record_from:
+            if now >= run.record_from:
                 status = int(head[9:12])
                 statuses[status] = statuses.get(status, 0) + 1
                 latencies.append(done - now)
@@ -80,30 +85,18 @@ async def _main(args: argparse.Namespace) -> dict[str, object]:
         + body
         for _ in range(1 if body else 10_000)
     ]
-    latencies: list[float] = []
-    statuses: dict[int, int] = {}
     epoch = time.time()
     start = time.perf_counter()
     record_from = start + args.warmup
-    deadline = record_from + args.duration
+    run = _Run(args.host, args.port, requests, record_from + args.duration, record_from)
     interval = args.connections / args.rate if args.rate else 0.0
     await asyncio.gather(
         *(
-            _connection(
-                args.host,
-                args.port,
-                requests,
-                deadline,
-                record_from,
-                latencies,
-                statuses,
-                interval,
-                start + n * interval / args.connections,
-            )
+            _connection(run, interval, start + n * interval / args.connections)
             for n in range(args.connections)
         )
     )
-    latencies.sort()
+    latencies, statuses = sorted(run.latencies), run.statuses
 
     def pct(q: float) -> float:
         return latencies[min(len(latencies) - 1, int(q / 100 * len(latencies)))] * 1000

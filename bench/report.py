@@ -153,7 +153,7 @@ def rows(runs: dict[str, Any]) -> list[list[str]]:
     return out
 
 
-def _row(
+def _row(  # noqa: PLR0913, PLR0917 - one argument per column of the table's row
     name: str,
     what: str,
     value: float,

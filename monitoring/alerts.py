@@ -294,6 +294,21 @@ def _kubernetes(t: Thresholds) -> list[Alert]:
     ]
 
 
+@dataclass(frozen=True)
+class BurnRate:
+    """A multiwindow burn-rate alert: the error budget burns `factor` times too fast over both
+    the `long` window and the `short` one (which makes it stop soon after the burn stops)."""
+
+    factor: float
+    long: str
+    short: str
+    for_: str
+
+
+FAST_BURN = BurnRate(factor=14.4, long="1h", short="5m", for_="2m")  # 2% of a 30-day budget/h
+SLOW_BURN = BurnRate(factor=6, long="6h", short="30m", for_="15m")  # 5% of it in 6h
+
+
 def _slo_ratio(t: Thresholds, window: str) -> str:
     """Share of API requests slower than the SLO over `window`."""
     duration = "celery_stack_http_request_duration_seconds"
@@ -308,16 +323,16 @@ def _api(t: Thresholds) -> list[Alert]:
     errors = f'sum(rate({requests}{{code="5xx"}}[{t.api_5xx_window}]))'
     total = f"sum(rate({requests}[{t.api_5xx_window}]))"
 
-    def burn(name: str, *, factor: float, long: str, short: str, for_: str, sev: str) -> Alert:
-        limit = round(factor * budget, 6)
+    def burn(name: str, rate: BurnRate, sev: str) -> Alert:
+        limit = round(rate.factor * budget, 6)
         return Alert(
             name,
-            f"{_slo_ratio(t, long)} > {limit:g}\nand {_slo_ratio(t, short)} > {limit:g}",
-            for_,
+            f"{_slo_ratio(t, rate.long)} > {limit:g}\nand {_slo_ratio(t, rate.short)} > {limit:g}",
+            rate.for_,
             sev,
-            f"API latency SLO budget burns {factor:g}x too fast",
+            f"API latency SLO budget burns {rate.factor:g}x too fast",
             f"More than {limit:.1%} of API requests took over {t.latency_slo_seconds}s over "
-            f"{long} and {short} (SLO: {t.latency_slo_target:.0%} under it).",
+            f"{rate.long} and {rate.short} (SLO: {t.latency_slo_target:.0%} under it).",
             "api-latency-slo-burn",
             ("celery_stack_http_request_duration_seconds_bucket",),
         )
@@ -334,22 +349,8 @@ def _api(t: Thresholds) -> list[Alert]:
             "api-5xx-ratio",
             ("celery_stack_http_requests_total",),
         ),
-        burn(
-            "CeleryStackApiLatencyBudgetBurnFast",
-            factor=14.4,
-            long="1h",
-            short="5m",
-            for_="2m",
-            sev=t.severity_page,
-        ),
-        burn(
-            "CeleryStackApiLatencyBudgetBurnSlow",
-            factor=6,
-            long="6h",
-            short="30m",
-            for_="15m",
-            sev=t.severity_ticket,
-        ),
+        burn("CeleryStackApiLatencyBudgetBurnFast", FAST_BURN, t.severity_page),
+        burn("CeleryStackApiLatencyBudgetBurnSlow", SLOW_BURN, t.severity_ticket),
     ]
 
 

@@ -13,6 +13,7 @@ import signal
 
 from celery_stack_core.config import get_settings
 from celery_stack_core.db import make_engine
+from celery_stack_core.hooks import HOOKS
 from celery_stack_core.redis_client import make_async_redis
 from celery_stack_counters.flush import STEPS
 from celery_stack_counters.flush_all import all_shards, flush_all
@@ -36,6 +37,7 @@ async def main() -> None:
             if seen >= args.crash_after:
                 os.kill(os.getpid(), signal.SIGKILL)
 
+    HOOKS.install("flush", hook)
     while True:
         try:
             await flush_all(
@@ -44,7 +46,6 @@ async def main() -> None:
                 shards=settings.counters.shards,
                 owner=f"flusher-{os.getpid()}",
                 lease_ttl=1.0,
-                hook=hook,
             )
         except Exception as exc:  # PostgreSQL or Redis restarting: try again
             print("flush failed:", repr(exc), flush=True)

@@ -8,13 +8,14 @@ import sys
 import uvicorn
 
 from celery_stack_api.main import create_app
-from celery_stack_api.scans import ScanHooks
+from celery_stack_core.hooks import HOOKS
 
 
-async def crash(scan_id: str) -> None:
-    os.kill(os.getpid(), signal.SIGKILL)
+async def crash(step: str, scan_id: str) -> None:
+    if step == "committed":  # between the COMMIT and the publish
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
+HOOKS.install("api.scans", crash)
 app = create_app()
-app.state.scan_hooks = ScanHooks(after_commit=crash)
 uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_config=None, access_log=False)

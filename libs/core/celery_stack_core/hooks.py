@@ -8,9 +8,11 @@ kill the process, delete a row, raise.
     HOOKS.install("scans", die)                  # die(step, domain) at every scans step
     with HOOKS.installed("flush", record): ...   # removed again at the end of the block
 
-Components and their steps: "scans" (claimed, checkpoint; context: the domain), and after the
-lead's merge "flush" (claimed, ledger_inserted, applied, committed, acked) and "api.scans"
-(committed; context: the scan id).
+Components and their steps: "scans" (claimed, checkpoint; context: the domain), "api.scans"
+(committed: between a scan's COMMIT and its publish; context: the scan id), "flush" (claimed,
+ledger_inserted, applied, committed, acked: celery_stack_counters.flush.STEPS) "api.counts"
+(buffers_read: a count read between its Redis read and its SQL read) and "rules"
+(before_commit: a rule batch's statement ran, its COMMIT has not; context: rule, rows).
 """
 
 from __future__ import annotations

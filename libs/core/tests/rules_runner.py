@@ -16,6 +16,7 @@ import sys
 
 from celery_stack_core.config import get_settings
 from celery_stack_core.db import make_engine
+from celery_stack_core.hooks import HOOKS
 from celery_stack_core.rules import engine as rules_engine
 from celery_stack_core.rules import load_rules
 from celery_stack_core.rules.bind import bind
@@ -24,14 +25,14 @@ from celery_stack_core.rules.bind import bind
 def install_kill_hook(at_batch: int) -> None:
     seen = 0
 
-    def hook(bound, batch):
+    def hook(step, rule, rows):
         nonlocal seen
         seen += 1
         if seen == at_batch:
-            print(json.dumps({"killing": bound.rule.name, "uncommitted": batch.rows}), flush=True)
+            print(json.dumps({"killing": rule, "uncommitted": int(rows)}), flush=True)
             os.kill(os.getpid(), signal.SIGKILL)
 
-    rules_engine.before_commit = hook
+    HOOKS.install("rules", hook)  # its one step: before_commit
 
 
 async def main(names: list[str], rounds: int, task_id: str | None) -> None:

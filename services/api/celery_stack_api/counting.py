@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +19,7 @@ from sqlalchemy.dialects.postgresql import insert
 
 from celery_stack_api.state import AppState
 from celery_stack_core import buffer, metrics
+from celery_stack_core.hooks import HOOKS
 from celery_stack_core.models import Base, CounterBatch, UserAction
 from celery_stack_core.outage import is_outage
 from celery_stack_core.targets import TARGETS, ActionKind, TargetType
@@ -31,13 +32,6 @@ REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, O
 READ_ATTEMPTS = 5
 _batches: Table = CounterBatch.__table__
 _actions: Table = UserAction.__table__
-
-# Called by read_counts between its Redis read and its SQL read (tests force a flush there).
-ReadHook = Callable[[], Awaitable[None]]
-
-
-async def _no_hook() -> None:
-    return None
 
 
 class NotFound(LookupError):
@@ -215,9 +209,7 @@ async def _unchanged(
     return True
 
 
-async def read_counts(
-    state: AppState, target: TargetType, target_id: int, *, between: ReadHook = _no_hook
-) -> dict[str, Any]:
+async def read_counts(state: AppState, target: TargetType, target_id: int) -> dict[str, Any]:
     """DB value + what Redis still buffers (live + in-flight unless its batch is committed).
 
     Read in that order, a flush that claims and commits between the Redis read and the SQL read
@@ -227,7 +219,8 @@ async def read_counts(
     """
     for _ in range(READ_ATTEMPTS):
         snap = await _read_buffers(state, target, target_id)
-        await between()
+        # Test seam between the Redis read and the SQL read (a test forces a flush there).
+        await HOOKS.reach("api.counts", "buffers_read")
         row = await _read_row(state, target, target_id, snap.pending)
         same = await _unchanged(state, target, target_id, snap) if snap.pending else True
         if same is None:  # Redis went away mid-read: the database alone, flagged partial
@@ -253,7 +246,7 @@ def _combine(
     return out
 
 
-async def set_action(
+async def set_action(  # noqa: PLR0913 - the action's four parts as routed; the flag keyword-only
     state: AppState, target: TargetType, target_id: int, user: str, kind: ActionKind, *, on: bool
 ) -> bool:
     """Record (on) or remove (off) one user's action; idempotent. Returns whether it changed."""

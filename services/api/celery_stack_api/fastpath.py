@@ -20,7 +20,8 @@ in the OpenAPI docs; with tracing on, this path is not installed, so every view 
 from __future__ import annotations
 
 import re
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import orjson
 from fastapi import FastAPI
@@ -38,6 +39,16 @@ _MAX_BODY = 1024  # larger bodies (even valid ones) take the FastAPI path
 _HEADERS = [(b"content-type", b"application/json")]
 
 
+class _View(NamedTuple):
+    """A view the fast path may answer, as far as its path and headers tell."""
+
+    state: AppState
+    target: TargetType
+    target_id: int
+    length: bytes | None  # Content-Length
+    ctype: bytes | None  # Content-Type
+
+
 class ViewFastPath:
     def __init__(self, app: ASGIApp, api: FastAPI) -> None:
         self.app = app
@@ -49,36 +60,11 @@ class ViewFastPath:
         }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or scope["query_string"]:
+        view = self._plain_view(scope)
+        if view is None:
             await self.app(scope, receive, send)
             return
-        m = _PATH.fullmatch(scope["path"])
-        target = self.targets.get(m.group(1)) if m else None
-        if m is None or target is None:
-            await self.app(scope, receive, send)
-            return
-        target_id = int(m.group(2))
-        state: AppState | None = getattr(self.api.state, "app", None)
-        token = length = ctype = None
-        chunked = False
-        for name, value in scope["headers"]:  # the first of each, as Starlette's headers.get
-            if name == b"authorization":
-                token = value if token is None else token
-            elif name == b"content-length":
-                length = value if length is None else length
-            elif name == b"content-type":
-                ctype = value if ctype is None else ctype
-            elif name == b"transfer-encoding":
-                chunked = True
-        if (
-            state is None
-            or target_id > _MAX_ID
-            or chunked
-            or not _authorized(state, token)
-            or (target, target_id) not in state.known_ids
-        ):
-            await self.app(scope, receive, send)
-            return
+        state, target, target_id, length, ctype = view
         body = b""
         if length != b"0":
             if length is not None and (not length.isdigit() or int(length) > _MAX_BODY):
@@ -99,15 +85,64 @@ class ViewFastPath:
             await response(scope, receive, send)
             return
         metrics.VIEW_FAST_PATH.labels(target).inc()
-        payload = b'{"accepted":true,"path":"' + path.encode() + b'"}'
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 202,
-                "headers": [*_HEADERS, (b"content-length", str(len(payload)).encode())],
-            }
-        )
-        await send({"type": "http.response.body", "body": payload})
+        await _accepted(send, path)
+
+    def _plain_view(self, scope: Scope) -> _View | None:
+        """The view this request records if it is the plain case up to its body; else None."""
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["query_string"]:
+            return None
+        m = _PATH.fullmatch(scope["path"])
+        target = self.targets.get(m.group(1)) if m else None
+        if m is None or target is None:
+            return None
+        target_id = int(m.group(2))
+        state: AppState | None = getattr(self.api.state, "app", None)
+        h = _headers(scope)
+        if (
+            state is None
+            or target_id > _MAX_ID
+            or h.chunked
+            or not _authorized(state, h.token)
+            or (target, target_id) not in state.known_ids
+        ):
+            return None
+        return _View(state, target, target_id, h.length, h.ctype)
+
+
+@dataclass
+class _Headers:
+    token: bytes | None = None
+    length: bytes | None = None
+    ctype: bytes | None = None
+    chunked: bool = False
+
+
+def _headers(scope: Scope) -> _Headers:
+    """The first of each header, as Starlette's headers.get returns it."""
+    h = _Headers()
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            h.token = value if h.token is None else h.token
+        elif name == b"content-length":
+            h.length = value if h.length is None else h.length
+        elif name == b"content-type":
+            h.ctype = value if h.ctype is None else h.ctype
+        elif name == b"transfer-encoding":
+            h.chunked = True
+    return h
+
+
+async def _accepted(send: Send, path: str) -> None:
+    """The route's 202 answer, byte for byte."""
+    payload = b'{"accepted":true,"path":"' + path.encode() + b'"}'
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 202,
+            "headers": [*_HEADERS, (b"content-length", str(len(payload)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})
 
 
 def _authorized(state: AppState, header: bytes | None) -> bool:

@@ -14,8 +14,6 @@ from __future__ import annotations
 import base64
 import json
 import uuid
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -36,6 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from celery_stack_api.state import AppState
 from celery_stack_core import metrics, outbox
+from celery_stack_core.hooks import HOOKS
 from celery_stack_core.models import TERMINAL_STATUSES, Base
 from celery_stack_core.scan_spec import SCAN_TASK, task_id
 
@@ -56,17 +55,6 @@ class ScanConflict(RuntimeError):
 
 class BadCursor(ValueError):
     pass
-
-
-@dataclass(frozen=True)
-class ScanHooks:
-    """Test-only seams; production never sets them. `after_commit(scan_id)` runs between the
-    COMMIT and the publish (the chaos test kills the process there)."""
-
-    after_commit: Callable[[str], Awaitable[None]] | None = None
-
-
-NO_HOOKS = ScanHooks()
 
 
 def _scan(row: Any) -> dict[str, Any]:
@@ -99,21 +87,20 @@ async def _enqueue(conn: AsyncConnection, scan_id: str, attempt: int) -> outbox.
     )
 
 
-async def _dispatch(state: AppState, msg: outbox.OutboxMessage, hooks: ScanHooks) -> None:
-    if hooks.after_commit is not None:
-        await hooks.after_commit(str(msg.args[0]))
+async def _dispatch(state: AppState, msg: outbox.OutboxMessage) -> None:
+    # Test seam between the COMMIT and the publish (the chaos test kills the process here).
+    await HOOKS.reach("api.scans", "committed", str(msg.args[0]))
     assert state.celery is not None, "the API's Celery producer is created in the lifespan"
     await outbox.publish_now(state.engine, outbox.celery_publisher(state.celery), msg)
 
 
-async def create_scan(  # noqa: PLR0913 - keyword-only fields of one create request
+async def create_scan(
     state: AppState,
     *,
     owner: str,
     domain: str,
     config: dict[str, Any],
     idempotency_key: str | None,
-    hooks: ScanHooks = NO_HOOKS,
 ) -> tuple[dict[str, Any], bool]:
     """Returns (scan, created). A repeated Idempotency-Key returns the first scan unchanged."""
     scan_id = str(uuid.uuid4())
@@ -140,7 +127,7 @@ async def create_scan(  # noqa: PLR0913 - keyword-only fields of one create requ
             return _scan(existing), False
         msg = await _enqueue(conn, scan_id, 1)
     metrics.SCANS_CREATED.inc()
-    await _dispatch(state, msg, hooks)
+    await _dispatch(state, msg)
     return _scan(row), True
 
 
@@ -240,9 +227,7 @@ async def cancel_scan(state: AppState, scan_id: uuid.UUID, owner: str | None) ->
     return _scan(row)
 
 
-async def retry_scan(
-    state: AppState, scan_id: uuid.UUID, owner: str | None, hooks: ScanHooks = NO_HOOKS
-) -> dict[str, Any]:
+async def retry_scan(state: AppState, scan_id: uuid.UUID, owner: str | None) -> dict[str, Any]:
     """A finished scan (any terminal state, `dead` included) gets a new attempt through the
     outbox; the old attempt's findings are replaced by the new one's."""
     stmt = (
@@ -268,7 +253,7 @@ async def retry_scan(
             raise ScanConflict(f"only a finished scan can be retried; this one is {current.status}")
         await conn.execute(delete(FINDINGS).where(FINDINGS.c.scan_id == scan_id))
         msg = await _enqueue(conn, str(row.id), int(row.attempt))
-    await _dispatch(state, msg, hooks)
+    await _dispatch(state, msg)
     return _scan(row)
 
 

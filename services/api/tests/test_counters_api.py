@@ -4,6 +4,7 @@ import pytest
 from sqlalchemy import text
 
 from celery_stack_core import keys
+from celery_stack_core.hooks import HOOKS
 from celery_stack_counters.flush_all import flush_all
 from celery_stack_counters.recount import drain_dirty
 
@@ -46,8 +47,8 @@ async def test_committed_inflight_batch_is_not_counted_twice(api, post_id, redis
             raise RuntimeError("crash before ack")
 
     assert "committed" in STEPS
-    with pytest.raises(RuntimeError):
-        await flush_shard(redis, engine, sk, stop_after_commit)
+    with pytest.raises(RuntimeError), HOOKS.installed("flush", stop_after_commit):
+        await flush_shard(redis, engine, sk)
     assert await redis.exists(sk.inflight)  # still in flight, but already in the DB
     body = (await api.get(f"/api/v1/posts/{post_id}/counts")).json()
     assert body["counts"]["views"] == 1

@@ -44,7 +44,7 @@ def micro_time(dt: datetime | None = None) -> str:
 class KubeLease:
     kind = "kubernetes"
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - keyword-only: the Lease's coordinates, owner and timing
         self,
         api: Any,  # kubernetes_asyncio.client.CoordinationV1Api
         *,

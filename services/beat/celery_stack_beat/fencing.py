@@ -45,7 +45,7 @@ async def raise_epoch(redis: aioredis.Redis, epoch: int) -> bool:
     return bool(await script(keys=[keys.BEAT_EPOCH], args=[epoch]))
 
 
-async def claim(
+async def claim(  # noqa: PLR0913 - keyword-only: one argument per field the claim records
     redis: aioredis.Redis,
     *,
     epoch: int,

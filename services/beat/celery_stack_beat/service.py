@@ -10,6 +10,7 @@ import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TypeVar
 
 import redis.asyncio as aioredis
@@ -130,17 +131,22 @@ def _standby_observer(
     return observe
 
 
-async def _lead(
-    settings: Settings,
-    redis: aioredis.Redis,
-    backend: Backend,
-    leadership: Leadership,
-    replica: Replica,
-    entries: list[Entry],
-    timing: Timing,
-    stop: asyncio.Event,
-) -> Outcome:
-    app = make_celery(settings, "celery_stack_beat")
+@dataclass(frozen=True)
+class _Beat:
+    """What one replica works with from start to exit."""
+
+    settings: Settings
+    redis: aioredis.Redis
+    backend: Backend
+    replica: Replica
+    entries: list[Entry]
+    timing: Timing
+    stop: asyncio.Event
+
+
+async def _lead(beat: _Beat, leadership: Leadership) -> Outcome:
+    redis, replica, timing, stop = beat.redis, beat.replica, beat.timing, beat.stop
+    app = make_celery(beat.settings, "celery_stack_beat")
     celery_metrics.install_publisher()
 
     inflight: set[asyncio.Future[None]] = set()
@@ -155,14 +161,14 @@ async def _lead(
 
     publisher = Publisher(redis, replica, timing)
     await best_effort("publish the leader record", publisher.publish(leadership.epoch))
-    ticker = Ticker(redis, entries, leadership, replica, settings, send)
+    ticker = Ticker(redis, beat.entries, leadership, replica, beat.settings, send)
     tick_task = asyncio.create_task(ticker.run(), name="beat-tick")
 
     async def renewed() -> None:
         await best_effort("refresh the leader record", publisher.refresh())
 
     hold_task = asyncio.create_task(
-        election.hold(backend, leadership, timing, stop, on_renew=renewed), name="beat-hold"
+        election.hold(beat.backend, leadership, timing, stop, on_renew=renewed), name="beat-hold"
     )
     try:
         await asyncio.wait({tick_task, hold_task}, return_when=asyncio.FIRST_COMPLETED)
@@ -224,7 +230,8 @@ async def serve(settings: Settings, entries: list[Entry], stop: asyncio.Event) -
             "became leader",
             extra={"identity": replica.identity, "epoch": leadership.epoch, "election": kind},
         )
-        outcome = await _lead(settings, redis, backend, leadership, replica, entries, timing, stop)
+        beat = _Beat(settings, redis, backend, replica, entries, timing, stop)
+        outcome = await _lead(beat, leadership)
         metrics.BEAT_IS_LEADER.labels(kind).set(0)
         replica.role = "stopping"
         if outcome is Outcome.STOPPED:

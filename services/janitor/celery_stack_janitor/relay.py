@@ -4,12 +4,13 @@ down) is sent from here, every OUTBOX_RELAY_INTERVAL seconds via beat."""
 from __future__ import annotations
 
 from celery import Celery
-from sqlalchemy import text
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from celery_stack_core import metrics, outbox
+from celery_stack_core.models import LIVE_STATUSES, Scan
 
-LIVE_STATUSES = ("queued", "running")
+SCANS = Scan.__table__
 
 
 async def relay_all(
@@ -33,15 +34,13 @@ async def record_gauges(engine: AsyncEngine) -> None:
     metrics.OUTBOX_OLDEST_AGE.set(age)
     # Only the live states: they are few and indexed; finished scans are counted as they
     # finish (celery_stack_scans_finished_total), never by scanning the whole table.
+    stmt = (
+        select(SCANS.c.status, func.count())
+        .where(SCANS.c.status.in_(LIVE_STATUSES))
+        .group_by(SCANS.c.status)
+    )
     async with engine.connect() as conn:
-        rows = (
-            await conn.execute(
-                text(
-                    "SELECT status, count(*) FROM scans "
-                    "WHERE status IN ('queued', 'running') GROUP BY status"
-                )
-            )
-        ).all()
+        rows = (await conn.execute(stmt)).all()
     counts = {str(status): int(n) for status, n in rows}
     for status in LIVE_STATUSES:
         metrics.SCANS_BY_STATUS.labels(status).set(counts.get(status, 0))

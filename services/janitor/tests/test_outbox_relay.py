@@ -4,12 +4,14 @@ broker is down."""
 
 import asyncio
 import json
+import uuid
 
-from sqlalchemy import text
+from sqlalchemy import insert, text
 
 from celery_stack_core import metrics, outbox
 from celery_stack_core.celery_app import make_celery
 from celery_stack_core.db import make_engine
+from celery_stack_core.models import Scan
 from celery_stack_janitor.relay import relay_all
 
 
@@ -100,11 +102,20 @@ async def test_outbox_add_refuses_an_unroutable_task(clean_db):
 
 async def test_backlog_gauges_show_what_is_waiting(settings, clean_db, redis):
     await write_unsent(clean_db, 4)
+    async with clean_db.begin() as conn:
+        for status in ("running", "running", "succeeded"):
+            await conn.execute(
+                insert(Scan.__table__).values(
+                    id=uuid.uuid4(), owner="u", domain="example.com", status=status
+                )
+            )
     await asyncio.sleep(0.3)
     assert await relay_all(clean_db, make_celery(settings), batch_size=10, min_age=60) == 0
     assert metrics.OUTBOX_BACKLOG._value.get() == 4
     assert metrics.OUTBOX_OLDEST_AGE._value.get() >= 0.3
+    # live states only, each counted (a finished scan is counted as it finishes, not here)
     assert metrics.SCANS_BY_STATUS.labels("queued")._value.get() == 0
+    assert metrics.SCANS_BY_STATUS.labels("running")._value.get() == 2
 
 
 def test_relay_min_age_default_exceeds_the_broker_publish_timeout():

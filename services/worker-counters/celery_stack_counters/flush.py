@@ -13,7 +13,6 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
@@ -23,6 +22,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from celery_stack_core import metrics
+from celery_stack_core.hooks import HOOKS
 from celery_stack_core.keys import ShardKeys
 from celery_stack_core.lua import lua
 from celery_stack_core.models import Base, CounterBatch
@@ -32,14 +32,10 @@ from celery_stack_core.tracing import links_from, tracing_active
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
 
-# Called at each protocol step; the chaos test kills the process from here.
-StepHook = Callable[[str], Awaitable[None]]
+# The protocol's steps, announced through HOOKS ("flush"): the chaos test kills the process at
+# each of them.
 STEPS = ("claimed", "ledger_inserted", "applied", "committed", "acked")
 _ledger: Table = CounterBatch.__table__
-
-
-async def _no_hook(step: str) -> None:
-    return None
 
 
 @dataclass(frozen=True)
@@ -110,7 +106,6 @@ async def apply_batch(
     sk: ShardKeys,
     batch_id: str,
     batch: InFlight,
-    hook: StepHook = _no_hook,
 ) -> int | None:
     """Inside the caller's transaction: the ledger insert, then the deltas if the batch is new.
 
@@ -127,7 +122,7 @@ async def apply_batch(
     )
     if new.first() is None:
         return None
-    await hook("ledger_inserted")
+    await HOOKS.reach("flush", "ledger_inserted")
     # Hand-written: one UPDATE ... FROM unnest is the point, and the CTE sums on the server
     # what it applied (no row comes back to Python).
     applied, total = (
@@ -147,7 +142,7 @@ async def apply_batch(
         .where(_ledger.c.batch_id == batch_id)
         .values(applied=applied, dropped=batch.keys - applied, total=int(total))
     )
-    await hook("applied")
+    await HOOKS.reach("flush", "applied")
     return int(applied)
 
 
@@ -166,13 +161,11 @@ class Prepared:
     links: list[str]  # traceparents of traced increments since the last flush (tracing only)
 
 
-async def prepare(
-    redis: aioredis.Redis, sk: ShardKeys, hook: StepHook = _no_hook
-) -> Prepared | None:
+async def prepare(redis: aioredis.Redis, sk: ShardKeys) -> Prepared | None:
     c = await claim(redis, sk)
     if c is None:
         return None
-    await hook("claimed")
+    await HOOKS.reach("flush", "claimed")
     links = await take_trace_links(redis, sk) if tracing_active() else []
     return Prepared(sk, c, await read_inflight(redis, sk), links)
 
@@ -188,12 +181,10 @@ async def take_trace_links(redis: aioredis.Redis, sk: ShardKeys) -> list[str]:
     return [str(tp) for tp in found]
 
 
-async def flush_shard(
-    redis: aioredis.Redis, engine: AsyncEngine, sk: ShardKeys, hook: StepHook = _no_hook
-) -> FlushResult:
+async def flush_shard(redis: aioredis.Redis, engine: AsyncEngine, sk: ShardKeys) -> FlushResult:
     """Flush one shard. Safe to repeat after any failure: it resumes the same batch."""
     started = time.monotonic()
-    p = await prepare(redis, sk, hook)
+    p = await prepare(redis, sk)
     if p is None:
         return FlushResult(sk.name, "empty")
     attributes = {"counter": sk.name, "batch.id": p.claim.batch_id}
@@ -201,10 +192,10 @@ async def flush_shard(
         "counters.flush", links=links_from(p.links), attributes=attributes
     ):
         async with engine.begin() as conn:
-            applied = await apply_batch(conn, sk, p.claim.batch_id, p.batch, hook)
-        await hook("committed")
+            applied = await apply_batch(conn, sk, p.claim.batch_id, p.batch)
+        await HOOKS.reach("flush", "committed")
         await ack(redis, sk, p.claim.batch_id)
-        await hook("acked")
+        await HOOKS.reach("flush", "acked")
     return finish(p, applied, started)
 
 
@@ -212,7 +203,6 @@ async def flush_many(
     redis: aioredis.Redis,
     engine: AsyncEngine,
     shards: list[ShardKeys],
-    hook: StepHook = _no_hook,
 ) -> list[FlushResult]:
     """Flush several shards in ONE transaction, reading the next shard while PostgreSQL applies
     the current one:
@@ -226,7 +216,7 @@ async def flush_many(
     """
     started = time.monotonic()
     ready: asyncio.Queue[Prepared | None] = asyncio.Queue(maxsize=2)
-    reader = asyncio.create_task(_read_all(redis, shards, ready, hook))
+    reader = asyncio.create_task(_read_all(redis, shards, ready))
     done: list[tuple[Prepared, int | None]] = []
     with tracer.start_as_current_span("counters.flush", attributes={"shards": len(shards)}) as span:
         try:
@@ -234,16 +224,16 @@ async def flush_many(
                 while (p := await ready.get()) is not None:
                     for link in links_from(p.links):  # each batch's views link to this flush
                         span.add_link(link.context)
-                    applied = await apply_batch(conn, p.sk, p.claim.batch_id, p.batch, hook)
+                    applied = await apply_batch(conn, p.sk, p.claim.batch_id, p.batch)
                     done.append((p, applied))
         except BaseException:
             await _stop(reader, ready)
             raise
         if done:
-            await hook("committed")
+            await HOOKS.reach("flush", "committed")
         await _ack_all(redis, [p for p, _ in done])
         for _ in done:
-            await hook("acked")
+            await HOOKS.reach("flush", "acked")
     await reader  # a read that failed after some shards were read: raised now, after their ack
     return [finish(p, applied, started) for p, applied in done]
 
@@ -252,12 +242,11 @@ async def _read_all(
     redis: aioredis.Redis,
     shards: list[ShardKeys],
     ready: asyncio.Queue[Prepared | None],
-    hook: StepHook,
 ) -> None:
     """Claim and read each shard in turn, handing it to the transaction; None ends the list."""
     try:
         for sk in shards:
-            p = await prepare(redis, sk, hook)
+            p = await prepare(redis, sk)
             if p is not None:
                 await ready.put(p)
     except asyncio.CancelledError:

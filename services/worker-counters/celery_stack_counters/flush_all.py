@@ -17,7 +17,7 @@ from celery_stack_core.keys import ShardKeys
 from celery_stack_core.locks import hold
 from celery_stack_core.retry import is_transient, with_retry
 from celery_stack_core.targets import BUFFERED
-from celery_stack_counters.flush import FlushResult, StepHook, _no_hook, flush_many, flush_shard
+from celery_stack_counters.flush import FlushResult, flush_many, flush_shard
 
 log = logging.getLogger(__name__)
 # A resumed batch (a crashed flush's) is flushed first, then the live hash: one more round.
@@ -29,14 +29,8 @@ def all_shards(shards: int) -> list[ShardKeys]:
     return [ShardKeys(t, f, n) for t, f in BUFFERED for n in range(shards)]
 
 
-async def flush_all(  # noqa: PLR0913 - `hook` leaves when flush.py adopts core HOOKS
-    redis: aioredis.Redis,
-    engine: AsyncEngine,
-    *,
-    shards: int,
-    owner: str,
-    lease_ttl: float,
-    hook: StepHook = _no_hook,
+async def flush_all(
+    redis: aioredis.Redis, engine: AsyncEngine, *, shards: int, owner: str, lease_ttl: float
 ) -> list[FlushResult]:
     """Flush what this worker can lease (a shard leased by another flusher is skipped): all
     leased shards in one transaction (flush_many). If that transaction fails for a reason other
@@ -55,13 +49,13 @@ async def flush_all(  # noqa: PLR0913 - `hook` leaves when flush.py adopts core 
         for _ in range(MAX_ROUNDS):
             try:
                 done = await with_retry(
-                    lambda todo=todo: flush_many(redis, engine, todo, hook), what="flush"
+                    lambda todo=todo: flush_many(redis, engine, todo), what="flush"
                 )
             except Exception as exc:
                 if is_transient(exc):
                     _failed(todo, exc)
                 log.warning("batched flush failed, flushing shard by shard", exc_info=True)
-                results += await _one_by_one(redis, engine, todo, hook)
+                results += await _one_by_one(redis, engine, todo)
                 break
             results += done
             todo = [ShardKeys(*_parse(r.counter)) for r in done if r.resumed]
@@ -77,16 +71,16 @@ def _parse(name: str) -> tuple[str, str, int]:
 
 
 async def _one_by_one(
-    redis: aioredis.Redis, engine: AsyncEngine, shards: list[ShardKeys], hook: StepHook
+    redis: aioredis.Redis, engine: AsyncEngine, shards: list[ShardKeys]
 ) -> list[FlushResult]:
     results: list[FlushResult] = []
     failed: list[str] = []
     for sk in shards:
         try:
-            res = await flush_shard(redis, engine, sk, hook)
+            res = await flush_shard(redis, engine, sk)
             results.append(res)
             if res.resumed:
-                results.append(await flush_shard(redis, engine, sk, hook))
+                results.append(await flush_shard(redis, engine, sk))
         except Exception:
             # Counted and logged, never swallowed silently; the in-flight batch stays in Redis
             # and the next flush resumes it.

@@ -7,6 +7,7 @@ import pytest
 from sqlalchemy import text
 
 from celery_stack_core import buffer
+from celery_stack_core.hooks import HOOKS
 from celery_stack_core.keys import ShardKeys
 from celery_stack_counters.flush import STEPS, ack, claim, flush_shard
 from celery_stack_counters.flush_all import FlushFailed, all_shards, flush_all
@@ -55,8 +56,8 @@ async def test_crash_at_any_step_loses_nothing_and_applies_nothing_twice(
     ids = await posts(40)
     await ingest(redis, ids, per_id=2)
     shard = ShardKeys("post", "views", 0)
-    with pytest.raises(Crash):
-        await flush_shard(redis, engine, shard, crash_at(step))
+    with pytest.raises(Crash), HOOKS.installed("flush", crash_at(step)):
+        await flush_shard(redis, engine, shard)
     # more views arrive while the crashed batch sits in flight
     await ingest(redis, ids, per_id=1)
     await flush_everything(redis, engine)

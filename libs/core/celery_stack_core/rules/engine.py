@@ -23,6 +23,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from celery_stack_core import metrics, outbox
+from celery_stack_core.hooks import HOOKS
 from celery_stack_core.models import RuleRun
 from celery_stack_core.retry import with_retry
 from celery_stack_core.rules import statements
@@ -40,8 +41,6 @@ KINDS: dict[str, BatchFn] = {
     "rollup": statements.rollup,
     "assignment": statements.assignment,
 }
-# Test hook: called inside a batch's transaction after its statement, before COMMIT.
-before_commit: Callable[[Bound, statements.Batch], None] | None = None
 
 
 def task_name(rule: Rule) -> str:
@@ -62,8 +61,8 @@ async def run_batch(
 ) -> statements.Batch:
     async with engine.begin() as conn:
         batch = await KINDS[bound.rule.kind](conn, bound, now, cursor)
-        if before_commit is not None:
-            before_commit(bound, batch)
+        # Test seam inside the batch's transaction, after its statement, before COMMIT.
+        await HOOKS.reach("rules", "before_commit", bound.rule.name, str(batch.rows))
     return batch
 
 

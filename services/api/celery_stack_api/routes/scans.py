@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Header, Query, Response, status
 from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, StringConstraints
 
 from celery_stack_api import scans
@@ -69,13 +69,7 @@ async def _owner(user: ActingUser, principal: UserDep) -> str | None:
     return None if "admin" in principal.scopes else user
 
 
-async def _hooks(request: Request) -> scans.ScanHooks:
-    hooks: scans.ScanHooks = getattr(request.app.state, "scan_hooks", scans.NO_HOOKS)
-    return hooks
-
-
 OwnerDep = Annotated[str | None, Depends(_owner)]
-HooksDep = Annotated[scans.ScanHooks, Depends(_hooks)]
 
 
 @router.post(
@@ -87,13 +81,12 @@ HooksDep = Annotated[scans.ScanHooks, Depends(_hooks)]
         409: {"description": "The Idempotency-Key was used for a different request."},
     },
 )
-async def post_scan(  # noqa: PLR0913 - FastAPI injects each dependency as a parameter
+async def post_scan(
     *,
     body: ScanIn,
     user: ActingUser,
     state: StateDep,
     _: UserDep,
-    hooks: HooksDep,
     response: Response,
     idempotency_key: IdempotencyKey = None,
 ) -> dict[str, Any]:
@@ -103,7 +96,6 @@ async def post_scan(  # noqa: PLR0913 - FastAPI injects each dependency as a par
         domain=body.domain,
         config=body.config.model_dump(mode="json", exclude_defaults=True),
         idempotency_key=idempotency_key,
-        hooks=hooks,
     )
     if not created:
         response.status_code = status.HTTP_200_OK
@@ -156,14 +148,8 @@ async def cancel_scan(*, scan_id: uuid.UUID, owner: OwnerDep, state: StateDep) -
     status_code=status.HTTP_202_ACCEPTED,
     responses={409: {"description": "The scan has not finished."}},
 )
-async def retry_scan(
-    *,
-    scan_id: uuid.UUID,
-    owner: OwnerDep,
-    state: StateDep,
-    hooks: HooksDep,
-) -> dict[str, Any]:
-    return await scans.retry_scan(state, scan_id, owner, hooks)
+async def retry_scan(*, scan_id: uuid.UUID, owner: OwnerDep, state: StateDep) -> dict[str, Any]:
+    return await scans.retry_scan(state, scan_id, owner)
 
 
 @router.delete("/{scan_id}", status_code=status.HTTP_204_NO_CONTENT)
