@@ -6,6 +6,7 @@ import typer
 
 from celery_stack_core.config import get_settings, hash_token
 from celery_stack_core.logs import configure_logging
+from celery_stack_core.rules import RuleConfigError, load_rules
 
 app = typer.Typer(no_args_is_help=True, help="celery-stack HTTP API")
 
@@ -20,6 +21,11 @@ def serve(
 
     settings = get_settings()
     configure_logging("api", settings.deploy.log_level)
+    try:
+        load_rules(settings)
+    except RuleConfigError as exc:
+        typer.echo(f"celery-stack-api: invalid maintenance rules: {exc}", err=True)
+        raise typer.Exit(78) from None  # EX_CONFIG, as the maintenance worker
     uvicorn.run(
         "celery_stack_api.main:create_app",
         factory=True,

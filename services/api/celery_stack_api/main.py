@@ -23,6 +23,7 @@ from celery_stack_core.celery_app import make_celery
 from celery_stack_core.config import Settings, get_settings
 from celery_stack_core.db import make_engine
 from celery_stack_core.redis_client import make_async_redis
+from celery_stack_core.rules import load_rules
 from celery_stack_core.tracing import flush_tracing, setup_tracing
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,9 @@ log = logging.getLogger(__name__)
 def create_app(settings: Settings | None = None, *, view_fast_path: bool = True) -> FastAPI:
     """The app. `view_fast_path=False` leaves every view to the FastAPI route (tests compare)."""
     settings = settings or get_settings()
+    # A malformed MAINTENANCE_RULES is a boot error (as in the worker and beat), never a 500 of
+    # GET /api/v1/maintenance/rules at 3 a.m.: RuleConfigError names the rule and the field.
+    load_rules(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

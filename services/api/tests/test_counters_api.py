@@ -204,7 +204,9 @@ async def test_both_stores_down_is_503_with_retry_after(settings, client_for):
         assert r.status_code == 503 and r.headers["retry-after"]
         r = await api.put("/api/v1/posts/5/like")
         assert r.status_code == 503
-        assert (await api.get("/readyz")).status_code == 503  # no system of record: not ready
+        ready = await api.get("/readyz")  # no system of record: not ready
+        assert ready.status_code == 503 and ready.headers["retry-after"] == "5"
+        assert ready.json()["detail"] and ready.json()["checks"]["database"] != "ok"  # Problem
 
 
 async def test_health_ready_metrics_docs(api):

@@ -103,3 +103,32 @@ async def test_examples_refuse_bad_input_with_4xx(api):
     ).status_code == 201
     r = await api.post("/api/v1/examples/coupons", json={"code": "dup", "expires_in": 9})
     assert r.status_code == 409
+
+
+def test_malformed_rules_stop_the_api_at_boot_naming_the_field(settings):
+    """A bad MAINTENANCE_RULES is a boot error with the field's name, never a 500 of the
+    rules listing later (the worker and beat refuse it the same way)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import pytest
+
+    from celery_stack_api.main import create_app
+    from celery_stack_core.rules import RuleConfigError
+
+    bad = '[{"name": "mine", "kind": "transition", "table": "coupons", "batch_size": 0}]'
+    with pytest.raises(RuleConfigError, match=r"MAINTENANCE_RULES\[0\] \(rule 'mine'\)"):
+        create_app(settings.replace(MAINTENANCE_RULES=bad))
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "celery-stack-api"), "serve", "--port", "1"],
+        env={**os.environ, "MAINTENANCE_RULES": bad},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 78, proc.stderr
+    assert "invalid maintenance rules" in proc.stderr and "rule 'mine'" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -23,6 +23,7 @@ from redis.exceptions import RedisError
 from sqlalchemy import text
 
 from celery_stack_api.deps import StateDep
+from celery_stack_api.errors import RETRY_AFTER_SECONDS
 from celery_stack_core import buffer, metrics
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,10 @@ async def _check(coro: Any) -> str:
         return f"error: {type(exc).__name__}"
 
 
-@router.get("/readyz")
+@router.get(
+    "/readyz",
+    responses={503: {"description": "Not ready: PostgreSQL is unreachable (detail + checks)."}},
+)
 async def readyz(state: StateDep, response: Response) -> dict[str, Any]:
     async def db() -> None:
         async with state.engine.connect() as conn:
@@ -50,9 +54,13 @@ async def readyz(state: StateDep, response: Response) -> dict[str, Any]:
 
     checks = {"database": await _check(db()), "redis": await _check(state.redis.ping())}
     ready = checks["database"] == "ok"
+    body: dict[str, Any] = {"ready": ready, "degraded": checks["redis"] != "ok", "checks": checks}
     if not ready:
+        # An outage: the declared error shape (Problem) plus the checks, and when to ask again.
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
-    return {"ready": ready, "degraded": checks["redis"] != "ok", "checks": checks}
+        response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+        body["detail"] = "not ready: the database is unreachable"
+    return body
 
 
 class PendingAge(Collector):
