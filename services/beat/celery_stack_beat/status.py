@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -61,47 +60,24 @@ async def read_status(redis: aioredis.Redis, entries: list[Entry]) -> dict[str, 
 
 
 def serve_http(port: int, replica: Replica, alive_max_age: float) -> ThreadingHTTPServer | None:
-    """Serve /metrics, /status, /healthz and /readyz from a daemon thread; None when port is 0."""
-    if not port:
-        return None
-    registry = metrics.registry("beat")
+    """Serve /metrics, /status, /healthz (/livez) and /readyz through the shared metrics server
+    (any other path is 404); None when port is 0."""
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            path = self.path.split("?", 1)[0]
-            if path == "/metrics":
-                body, ctype = metrics.render(registry)
-                self._reply(200, body, ctype)
-            elif path == "/status":
-                self._json(200, replica.snapshot())
-            elif path in ("/healthz", "/livez"):
-                age = replica.progress_age()
-                ok = age < alive_max_age
-                self._json(200 if ok else 503, {"alive": ok, "progress_age": round(age, 3)})
-            elif path == "/readyz":
-                # Ready = making progress, and a leader's lease still lets it send.
-                snap = replica.snapshot()
-                ok = replica.progress_age() < alive_max_age and (
-                    snap["role"] != "leader" or snap["may_send"]
-                )
-                self._json(200 if ok else 503, {"ready": ok, "role": snap["role"]})
-            else:
-                self._json(404, {"error": "not found"})
+    def status() -> tuple[bool, dict[str, Any]]:
+        return True, replica.snapshot()
 
-        def _json(self, code: int, data: object) -> None:
-            self._reply(code, json.dumps(data).encode(), "application/json")
+    def alive() -> tuple[bool, dict[str, Any]]:
+        age = replica.progress_age()
+        ok = age < alive_max_age
+        return ok, {"alive": ok, "progress_age": round(age, 3)}
 
-        def _reply(self, code: int, body: bytes, ctype: str) -> None:
-            self.send_response(code)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    def ready() -> tuple[bool, dict[str, Any]]:
+        # Ready = making progress, and a leader's lease still lets it send.
+        snap = replica.snapshot()
+        ok = replica.progress_age() < alive_max_age and (
+            snap["role"] != "leader" or snap["may_send"]
+        )
+        return ok, {"ready": ok, "role": snap["role"]}
 
-        def log_message(self, format: str, *args: Any) -> None:
-            return None
-
-    server = ThreadingHTTPServer(("0.0.0.0", port), Handler)  # noqa: S104 - probes and scrapes
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, name="beat-http", daemon=True).start()
-    return server
+    checks = {"/status": status, "/healthz": alive, "/livez": alive, "/readyz": ready}
+    return metrics.serve(port, metrics.registry("beat"), checks)
