@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import text
 
 from celery_stack_api.main import create_app
+from celery_stack_core.config import DEV_ADMIN_TOKEN
 from celery_stack_devstack.pytest_plugin import TABLES
 
 # Bodies the schema alone cannot produce (a cross-field rule: exactly one of keyword/regex).
@@ -37,6 +38,7 @@ def _spec() -> dict[str, Any]:
     return create_app().openapi()
 
 
+ADMIN = {"Authorization": f"Bearer {DEV_ADMIN_TOKEN}"}
 SPEC = _spec()
 
 
@@ -196,6 +198,11 @@ async def _world(api) -> World:
     ids["finished_scan"] = r.json()["id"]
     await api.post(f"/api/v1/scans/{ids['finished_scan']}/cancel")
     await api.post(f"/api/v1/posts/{ids['posts']}/views")  # the fast path's id cache
+    r = await api.post(
+        "/api/v1/maintenance/cleanup/orphaned-tasks", params={"dry_run": "false"}, headers=ADMIN
+    )
+    assert r.status_code == 202, r.text
+    ids["job_id"] = str(r.json()["id"])
     return World(ids, {})
 
 
@@ -213,6 +220,8 @@ def _url(path: str, world: World, override: tuple[str, str] | None = None) -> st
                 seg = quote(override[1], safe="")
             elif name == "scan_id":
                 seg = world.ids["finished_scan" if path.endswith("/retry") else "scan_id"]
+            elif name in world.ids:
+                seg = world.ids[name]
             elif schema.get("enum"):
                 seg = str(schema["enum"][0])
             elif schema.get("type") == "integer":  # an id of the kind the previous segment names
@@ -229,7 +238,8 @@ async def _send(api, case: Case | None, method: str, path: str, op: dict[str, An
     if body_schema:
         body = BASE_BODIES.get(f"{method} {path}") or _example(body_schema["schema"])
     params: dict[str, Any] = {}
-    headers: dict[str, Any] = {}
+    # The maintenance operations are admin-only: a user token would prove only the 403.
+    headers: dict[str, Any] = dict(ADMIN) if path.startswith("/api/v1/maintenance/") else {}
     url = _url(path, world)
     if case is not None:
         if case.where == "body" and case.name == "any":

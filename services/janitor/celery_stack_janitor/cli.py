@@ -84,6 +84,8 @@ def tasks(
     as_json: JsonOpt = False,
 ) -> None:
     """Celery result keys with their state, TTL, the row they belong to, and whether orphaned."""
+    if state is not None and state not in views.TASK_STATES:
+        raise typer.BadParameter(f"one of {', '.join(views.TASK_STATES)}", param_hint="--state")
 
     async def go() -> tuple[list[dict[str, Any]], int]:
         async with sweep_context(get_settings()) as ctx:

@@ -81,3 +81,12 @@ def test_finds_the_local_stack_settings_file(tmp_path, monkeypatch):
     monkeypatch.setenv("REDIS_URL", "redis://mine:2/0")
     main()
     assert os.environ["REDIS_URL"] == "redis://mine:2/0"  # env set: it wins
+
+
+def test_an_unknown_state_is_a_usage_error():
+    from typer.testing import CliRunner
+
+    from celery_stack_janitor.cli import app
+
+    result = CliRunner().invoke(app, ["tasks", "--state", "SUCCES"])
+    assert result.exit_code == 2 and "SUCCESS" in result.output

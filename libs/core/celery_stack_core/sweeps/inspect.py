@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from typing import Any
+from typing import Any, Literal, get_args
 
 from sqlalchemy import func, select
 
@@ -45,6 +45,21 @@ async def queue_depths(ctx: SweepContext) -> dict[str, Any]:
         }
     out["unacked"] = int(replies[-1])
     return out
+
+
+# A result key's state: Celery's states, plus ours for a key with no or an unreadable status.
+TaskState = Literal[
+    "PENDING",
+    "RECEIVED",
+    "STARTED",
+    "SUCCESS",
+    "FAILURE",
+    "RETRY",
+    "REVOKED",
+    "UNKNOWN",
+    "UNREADABLE",
+]
+TASK_STATES: tuple[str, ...] = get_args(TaskState)
 
 
 def _state(raw: str | None) -> str:

@@ -26,6 +26,7 @@ from celery_stack_core import outbox, sweeps
 from celery_stack_core.sweeps import inspect as views
 from celery_stack_core.sweeps import jobs
 from celery_stack_core.sweeps.base import SweepContext
+from celery_stack_core.sweeps.inspect import TaskState
 from celery_stack_core.sweeps.kube import pod_snapshot
 
 router = APIRouter(prefix="/api/v1/maintenance", tags=["maintenance"])
@@ -58,7 +59,7 @@ async def read_celery_tasks(
     state: StateDep,
     _: AdminOnly,
     orphaned: bool | None = None,
-    task_state: Annotated[str | None, Query(alias="state", max_length=32)] = None,
+    task_state: Annotated[TaskState | None, Query(alias="state")] = None,
     cursor: Annotated[int, Query(ge=0, le=2**64)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
