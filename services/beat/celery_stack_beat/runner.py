@@ -108,6 +108,9 @@ class Ticker:
     send: Callable[[Entry, int, int], Awaitable[None]]
     pending_grace_ms: int = PENDING_GRACE_MS
     inflight: set[asyncio.Future[None]] = field(default_factory=set)
+    # Set on shutdown: the loop ends after its current tick even if a cancellation is lost
+    # (asyncio.wait_for in Python 3.11 can swallow one that races with its inner result).
+    stopping: bool = False
 
     def _ttl_ms(self, entry: Entry) -> int:
         span = entry.every * 3 if entry.cron is None else 0
@@ -252,7 +255,7 @@ class Ticker:
         """Tick until the leadership is lost (then return) or the task is cancelled."""
         tick = self.settings.beat.tick
         planned = clock.now()
-        while not self.leadership.lost:
+        while not (self.leadership.lost or self.stopping):
             lag = max(0.0, clock.now() - planned)
             metrics.BEAT_TICK_LAG.set(lag)
             metrics.BEAT_RENEWAL_AGE.set(self.leadership.renewal_age())
@@ -264,7 +267,7 @@ class Ticker:
                 # Only a completed tick is progress: a leader whose ticks all fail is not alive.
                 self.replica.progressed()
                 metrics.BEAT_LAST_TICK.set_to_current_time()
-            if self.leadership.lost:
+            if self.leadership.lost or self.stopping:
                 return
             planned = max(planned + tick, clock.now())
             await asyncio.sleep(max(0.0, planned - clock.now()))

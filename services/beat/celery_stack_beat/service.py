@@ -6,12 +6,11 @@ with a fresh identity and empty memory, then starts over as a standby).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 
@@ -144,6 +143,24 @@ class _Beat:
     stop: asyncio.Event
 
 
+async def _stop_tasks(*tasks: asyncio.Task[Any], timeout: float) -> None:
+    """Cancel and reap the leader's tasks, bounded: a task that lost its cancellation (a race
+    inside asyncio.wait_for) must not keep the process from exiting on SIGTERM."""
+    for task in tasks:
+        task.cancel()
+    done, pending = await asyncio.wait(tasks, timeout=timeout)
+    for task in done:
+        if not task.cancelled() and task.exception() is not None:
+            log.warning(
+                "beat task failed while stopping",
+                extra={"task": task.get_name(), "error": repr(task.exception())},
+            )
+    for task in pending:
+        log.error(
+            "beat task ignored its cancellation; exiting anyway", extra={"task": task.get_name()}
+        )
+
+
 async def _lead(beat: _Beat, leadership: Leadership) -> Outcome:
     redis, replica, timing, stop = beat.redis, beat.replica, beat.timing, beat.stop
     app = make_celery(beat.settings, "celery_stack_beat")
@@ -182,10 +199,8 @@ async def _lead(beat: _Beat, leadership: Leadership) -> Outcome:
         return hold_task.result()
     finally:
         leadership.lost = leadership.lost or not stop.is_set()
-        for task in (tick_task, hold_task):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await best_effort(f"stop {task.get_name()}", task)
+        ticker.stopping = True
+        await _stop_tasks(tick_task, hold_task, timeout=timing.retry + 5)
         # The ticker's sends include clearing the slot from pending once the broker has it.
         if inflight or ticker.inflight:
             await asyncio.wait(inflight | ticker.inflight, timeout=10)
