@@ -1,25 +1,10 @@
-{{/* Shared by the bundled stores. The official redis and postgres images run as their own
-unprivileged user, uid/gid 999; the chart's podSecurityContext is for its own image (10001). */}}
+{{/* Shared by the bundled stores. They run as the chart's own unprivileged uid/gid
+(podSecurityContext, 10001): the official redis image needs no user of its own when its command
+is redis-server, and the postgres image's entrypoint supports an arbitrary uid (nss_wrapper). */}}
 {{- define "celery-stack.evaluationPodSecurity" -}}
 securityContext:
-  runAsNonRoot: true
-  runAsUser: 999
-  runAsGroup: 999
-  fsGroup: 999
-  seccompProfile:
-    type: RuntimeDefault
+  {{- include "celery-stack.podSecurityContext" . | nindent 2 }}
 {{- include "celery-stack.scheduling" (dict "root" . "c" dict) }}
-{{- end -}}
-
-{{- define "celery-stack.evaluationSecurityContext" -}}
-allowPrivilegeEscalation: false
-readOnlyRootFilesystem: true
-runAsNonRoot: true
-privileged: false
-capabilities:
-  drop: ["ALL"]
-seccompProfile:
-  type: RuntimeDefault
 {{- end -}}
 
 {{/* The data volume claim; call with evaluation.<store>.storage. */}}
