@@ -168,6 +168,14 @@ EXISTING_SECRETS: dict[str, Any] = {
     "auth": {"existingSecret": "prod-api", "existingSecretKey": "tokens"},
 }
 
+# An evaluation install: the chart's own bundled Redis and PostgreSQL (templates/evaluation/).
+EVALUATION: dict[str, Any] = {
+    "evaluation": {
+        "redis": {"enabled": True},
+        "postgresql": {"enabled": True, "password": "s3cr%t+pw"},
+    }
+}
+
 # The values combinations every render-level check runs over (issue 5 "Proof"): KEDA on/off,
 # hooks on/off, each queue toggled, ingress, flower, existing secrets, beat 1 and 2 replicas,
 # monitoring CRDs present or not, an extra queue added by values only.
@@ -209,6 +217,7 @@ MATRIX: list[tuple[str, dict[str, Any], tuple[str, ...]]] = [
     ),
     ("existing-secrets", EXISTING_SECRETS, (KEDA, MONITORING)),
     ("beat-1-replica", {"beat": {"replicas": 1}}, ()),
+    ("evaluation-stores", EVALUATION, ()),
     (
         "extra-queue+digest",
         {

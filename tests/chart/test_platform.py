@@ -489,8 +489,3 @@ class TestExtensionPoints:
         docs = render_chart(values)
         assert one(docs, "ConfigMap", f"{RELEASE}-x")
         assert one(docs, "ConfigMap", "y-info")
-
-    @pytest.mark.parametrize("store", ["redis", "postgresql"])
-    def test_bundled_store_toggle_fails_with_a_message_when_its_chart_is_absent(self, store):
-        err = render_error({"evaluation": {store: {"enabled": True}}})
-        assert f"evaluation.{store}.enabled" in err and "charts/" in err

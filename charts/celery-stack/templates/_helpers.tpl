@@ -173,7 +173,7 @@ escapes are refused rather than mis-decoded. */}}
 TriggerAuthentication and triggers): address host:port (6379 by default), username and password
 percent-decoded, database index from the path, TLS from the rediss scheme. Returns YAML. */}}
 {{- define "celery-stack.redisTarget" -}}
-{{- $u := urlParse .Values.redis.url -}}
+{{- $u := urlParse (include "celery-stack.redisUrl" .) -}}
 {{- $port := regexFind ":[0-9]+$" $u.host | trimPrefix ":" | default "6379" -}}
 {{- $userinfo := $u.userinfo | default "" -}}
 {{- $user := "" -}}{{- $password := "" -}}
@@ -215,9 +215,51 @@ enableTLS: {{ $t.enableTLS }}
 {{- end -}}
 {{- end -}}
 
+{{/* ---------------------------------------------------------------- evaluation stores
+The bundled Redis / PostgreSQL (evaluation.*.enabled, templates/evaluation/): the connection URLs
+then point at their Services. A URL or existingSecret the user gave as well would be silently
+ignored, so it fails instead; the URL equal to the chart's default counts as not given. */}}
+{{- define "celery-stack.evaluationName" -}}
+{{- include "celery-stack.componentName" (dict "root" .root "component" .store) -}}
+{{- end -}}
+
+{{- define "celery-stack.evaluationConflict" -}}
+{{- $v := index .root.Values .group -}}
+{{- if $v.existingSecret -}}
+{{- fail (printf "evaluation.%s.enabled: %s.existingSecret (%s) would point the stack at another server than the bundled %s; unset %s.existingSecret, or set evaluation.%s.enabled=false to use that server" .store .group $v.existingSecret .store .group .store) -}}
+{{- end -}}
+{{- if and (ne $v.url .default) (ne $v.url .bundled) -}}
+{{- fail (printf "evaluation.%s.enabled: %s.url (%s) points at another server than the bundled %s; leave %s.url at its default, or set evaluation.%s.enabled=false to use that server" .store .group $v.url .store .group .store) -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "celery-stack.redisUrl" -}}
+{{- if .Values.evaluation.redis.enabled -}}
+{{- $url := printf "redis://%s:%v/0" (include "celery-stack.evaluationName" (dict "root" . "store" "redis")) .Values.redis.port -}}
+{{- include "celery-stack.evaluationConflict" (dict "root" . "store" "redis" "group" "redis" "default" "redis://redis-master:6379/0" "bundled" $url) -}}
+{{- $url -}}
+{{- else -}}
+{{- .Values.redis.url -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "celery-stack.databaseUrl" -}}
+{{- $pg := .Values.evaluation.postgresql -}}
+{{- if $pg.enabled -}}
+{{- if not $pg.password -}}
+{{- fail "evaluation.postgresql.password: the bundled PostgreSQL needs a password (the chart never generates one at render time, so GitOps renders stay stable): --set evaluation.postgresql.password=$(openssl rand -hex 16)" -}}
+{{- end -}}
+{{- $url := printf "postgresql+asyncpg://celery_stack:%s@%s:%v/celery_stack" (urlquery $pg.password) (include "celery-stack.evaluationName" (dict "root" . "store" "postgresql")) .Values.database.port -}}
+{{- include "celery-stack.evaluationConflict" (dict "root" . "store" "postgresql" "group" "database" "default" "postgresql+asyncpg://celery_stack@postgresql:5432/celery_stack" "bundled" $url) -}}
+{{- $url -}}
+{{- else -}}
+{{- .Values.database.url -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "celery-stack.secretData" -}}
 {{- if not .Values.redis.existingSecret }}
-REDIS_URL: {{ .Values.redis.url | b64enc | quote }}
+REDIS_URL: {{ include "celery-stack.redisUrl" . | b64enc | quote }}
 {{- /* KEDA's Redis scaler takes host:port, a username and a password, not a URL. */}}
 {{- $t := include "celery-stack.redisTarget" . | fromYaml }}
 REDIS_ADDRESS: {{ $t.address | b64enc | quote }}
@@ -229,7 +271,7 @@ REDIS_PASSWORD: {{ $t.password | b64enc | quote }}
 {{- end }}
 {{- end }}
 {{- if not .Values.database.existingSecret }}
-DATABASE_URL: {{ .Values.database.url | b64enc | quote }}
+DATABASE_URL: {{ include "celery-stack.databaseUrl" . | b64enc | quote }}
 {{- end }}
 {{- if not .Values.auth.existingSecret }}
 {{- if .Values.auth.tokens }}
