@@ -37,7 +37,7 @@ NS = "celery_stack"
 # No `*_created` series: nothing here reads them, and they double every counter's series.
 disable_created_metrics()
 
-# --- counters: ingest (api) -------------------------------------------------------------------
+# --- counters: ingest (api) -----------------------------------------------------------------------
 INCREMENTS = Counter(
     f"{NS}_counter_increments", "Increments accepted into the Redis buffer.", ["target", "field"]
 )
@@ -67,7 +67,7 @@ DIRTY_MARK_FAILURES = Counter(
     "Actions whose recount could not be requested (Redis down); reconciliation fixes them.",
     ["target"],
 )
-# --- counters: flush (worker) -----------------------------------------------------------------
+# --- counters: flush (worker) ---------------------------------------------------------------------
 FLUSH_BATCHES = Counter(
     f"{NS}_flush_batches",
     "Flush batches by outcome (applied, already_applied, empty).",
@@ -104,7 +104,7 @@ DRIFT = Counter(
 )
 TASK_FAILURES = Counter(f"{NS}_task_failures", "Our tasks that raised, by task name.", ["task"])
 
-# --- scans (begin) ----------------------------------------------------------------------------
+# --- scans ----------------------------------------------------------------------------------------
 SCANS_CREATED = Counter(f"{NS}_scans_created", "Scans created through the API.")
 SCANS_FINISHED = Counter(
     f"{NS}_scans_finished",
@@ -159,9 +159,7 @@ OUTBOX_OLDEST_AGE = Gauge(
     "Age of the oldest unsent outbox row, at the last relay run.",
     multiprocess_mode="max",
 )
-# --- scans (end) ------------------------------------------------------------------------------
-
-# --- janitor (begin) -------------------------------------------------------------------------
+# --- janitor --------------------------------------------------------------------------------------
 JANITOR_FOUND = Counter(
     f"{NS}_janitor_found", "Things a janitor sweep found to act on (real runs).", ["sweep"]
 )
@@ -193,9 +191,7 @@ LOCKS_HELD = Gauge(
 LOCKS_LEAKED = Counter(
     f"{NS}_locks_leaked", "Locks the janitor released because their owner was gone."
 )
-# --- janitor (end) ---------------------------------------------------------------------------
-
-# --- beat (one process per replica; each replica exposes its own) ------------------------------
+# --- beat (one process per replica; each replica exposes its own) ---------------------------------
 BEAT_IS_LEADER = Gauge(
     f"{NS}_beat_is_leader", "1 while this beat replica leads and may send, else 0.", ["election"]
 )
@@ -230,7 +226,7 @@ BEAT_LAST_TICK = Gauge(
     f"{NS}_beat_last_tick_timestamp_seconds", "Unix time of the leader's last completed tick."
 )
 
-# --- maintenance rules (begin) ----------------------------------------------------------------
+# --- maintenance rules ----------------------------------------------------------------------------
 RULE_ROWS = Counter(f"{NS}_rule_rows", "Rows a maintenance rule changed.", ["rule"])
 RULE_BATCHES = Counter(f"{NS}_rule_batches", "Batches (transactions) a rule committed.", ["rule"])
 RULE_DURATION = Histogram(
@@ -251,10 +247,8 @@ TASK_DUPLICATES_REFUSED = Counter(
     "Executions refused because their task id (beat slot) had already run to completion.",
     ["task"],
 )
-# --- maintenance rules (end) ------------------------------------------------------------------
 
-
-# --- counters: scrape-time view of the buffer (api) ----------------------------------------------
+# --- counters: scrape-time view of the buffer (api) -----------------------------------------------
 # Read from Redis when the API is scraped, so the flush-lag alert still fires while no flusher
 # runs at all (the flusher's own FLUSH_LAG gauge goes away with it).
 PENDING_AGE_NAME = f"{NS}_counter_pending_age_seconds"
@@ -263,7 +257,7 @@ PENDING_AGE_HELP = (
     "read from Redis at scrape time."
 )
 
-# --- HTTP (api) ---------------------------------------------------------------------------------
+# --- HTTP (api) -----------------------------------------------------------------------------------
 HTTP_REQUESTS = Counter(
     f"{NS}_http_requests",
     "HTTP requests answered, by route template, method and status class (2xx, 4xx, 5xx).",
@@ -276,7 +270,7 @@ HTTP_DURATION = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
 
-# --- Celery generic (celery-exporter's names and labels) --------------------------------------
+# --- Celery generic (celery-exporter's names and labels) ------------------------------------------
 # Labels are bounded: `name` is a task registered on the app (else "other"), `queue_name` a
 # configured queue (else "other"), `hostname` the worker's node name (one per replica).
 # Histograms carry no hostname: buckets x replicas is where cardinality explodes.
@@ -317,7 +311,7 @@ UNACKED_NAME = f"{NS}_queue_unacked_messages"
 WORKER_UP_NAME = "celery_worker_up"
 WORKER_CONSUMING_NAME = f"{NS}_worker_consuming"
 
-# --- which process exposes what -----------------------------------------------------------------
+# --- which process exposes what -------------------------------------------------------------------
 # A family is exposed by a process whose role lists a prefix of its name. Prefixes, not a list of
 # objects, so a family added later under an owned prefix is exposed without touching this table.
 _PROCESS = ("process_", "python_")

@@ -216,10 +216,7 @@ class Outbox(Base):
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
-# --- scans (end) ------------------------------------------------------------------------------
-
-
-# --- janitor (begin) --------------------------------------------------------------------------
+# --- janitor --------------------------------------------------------------------------------------
 JOB_STATUSES = ("queued", "running", "succeeded", "failed")
 ACTIVE_JOB_STATUSES = ("queued", "running")
 
@@ -252,10 +249,7 @@ class MaintenanceJob(Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
-# --- janitor (end) ----------------------------------------------------------------------------
-
-
-# --- maintenance rules (begin) ----------------------------------------------------------------
+# --- maintenance rules ----------------------------------------------------------------------------
 # Example tables that reproduce field report 003's scheduled jobs, and the rule engine's own
 # bookkeeping (DESIGN "Maintenance"). The rules themselves are data: celery_stack_core.rules.
 
@@ -462,6 +456,3 @@ class RuleRun(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     started_at: Mapped[datetime] = _created()
     finished_at: Mapped[datetime | None] = _ts()
-
-
-# --- maintenance rules (end) ------------------------------------------------------------------

@@ -114,8 +114,12 @@ async def campaign(
         await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
         for task in (waiter, stopper):
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
+            try:
                 await task
+            except asyncio.CancelledError:
+                pass  # the one we just cancelled
+            except Exception as exc:  # a wait that failed: the next attempt's try_acquire tells
+                log.warning("standby wait failed", extra={"error": repr(exc)})
     return None
 
 

@@ -7,16 +7,19 @@ Redis enforces the lease's expiry itself (PX), so a standby simply retries SET N
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
+import logging
 import time
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
+from redis.exceptions import RedisError
 
 from celery_stack_beat.election import Timing
 from celery_stack_core import keys
 from celery_stack_core.lua import lua
+
+log = logging.getLogger(__name__)
 
 
 class RedisLease:
@@ -72,8 +75,10 @@ class RedisLease:
 
     async def _drop_pubsub(self) -> None:
         if self._pubsub is not None:
-            with contextlib.suppress(Exception):
+            try:
                 await self._pubsub.aclose()
+            except (RedisError, OSError) as exc:  # already broken: dropping it is the point
+                log.debug("closing a broken pub/sub connection failed", extra={"error": repr(exc)})
             self._pubsub = None
 
     async def holder(self) -> str | None:
