@@ -12,6 +12,7 @@ from celery_stack_core.sweeps.base import SweepContext
 from celery_stack_core.sweeps.kube import pod_snapshot
 from celery_stack_core.worker import install_hooks
 from celery_stack_janitor.context import task_sender
+from celery_stack_janitor.gauges import record_gauges
 from celery_stack_janitor.relay import relay_all
 from celery_stack_janitor.rules_tasks import register as register_rules
 
@@ -26,14 +27,18 @@ register_rules(app, settings)
 
 @app.task(name="maintenance.outbox_relay")
 def outbox_relay() -> int:
-    return aio.run(
-        relay_all(
-            connections.engine(),
+    async def run() -> int:
+        engine = connections.engine()
+        sent = await relay_all(
+            engine,
             app,
             batch_size=settings.outbox.relay_batch,
             min_age=settings.outbox.relay_min_age,
         )
-    )
+        await record_gauges(engine)
+        return sent
+
+    return aio.run(run())
 
 
 @app.task(name=jobs.JOB_TASK)

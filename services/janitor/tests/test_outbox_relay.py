@@ -12,6 +12,7 @@ from celery_stack_core import metrics, outbox
 from celery_stack_core.celery_app import make_celery
 from celery_stack_core.db import make_engine
 from celery_stack_core.models import Scan
+from celery_stack_janitor.gauges import record_gauges
 from celery_stack_janitor.relay import relay_all
 
 
@@ -111,6 +112,7 @@ async def test_backlog_gauges_show_what_is_waiting(settings, clean_db, redis):
             )
     await asyncio.sleep(0.3)
     assert await relay_all(clean_db, make_celery(settings), batch_size=10, min_age=60) == 0
+    await record_gauges(clean_db)
     assert metrics.OUTBOX_BACKLOG._value.get() == 4
     assert metrics.OUTBOX_OLDEST_AGE._value.get() >= 0.3
     # live states only, each counted (a finished scan is counted as it finishes, not here)
