@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import os
 import signal
 
@@ -20,6 +21,7 @@ from celery_stack_counters.flush_all import all_shards, flush_all
 
 
 async def main() -> None:
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # where a stuck drain waits
     p = argparse.ArgumentParser()
     p.add_argument("--crash-at", choices=STEPS)
     p.add_argument("--crash-after", type=int, default=1)

@@ -20,6 +20,7 @@ Redis is being killed, and bound the result from above: acked <= DB <= acked + a
 import asyncio
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -42,6 +43,21 @@ from celery_stack_devstack.servers import PostgresServer, RedisServer
 
 # 30 flusher processes each pay Python start-up (5-6 s on 2 cores at load 11, ~1 s when quiet)
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(900)]
+
+
+async def drained(proc: subprocess.Popen, log: Path) -> int | None:
+    """The drain's exit code. It starts a Python process and flushes every shard; on a machine
+    loaded by the rest of the suite that took over 120 s once. Past 300 s it is stuck: dump its
+    threads (faulthandler, SIGUSR1) into the log and fail with it."""
+    try:
+        return await asyncio.to_thread(proc.wait, 300)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGUSR1)
+        await asyncio.sleep(1)
+        proc.kill()
+        pytest.fail("the drain did not finish in 300 s:\n" + log.read_text()[-8000:])
+
+
 SHARDS = 4
 POSTS = 300
 KILLS_PER_STEP = 6
@@ -227,7 +243,7 @@ async def test_exactly_once_under_kill9(chaos_servers, flusher_procs, tmp_path):
     # drain with no crashes: every acknowledged increment is in the database, once
     await writers.pause()
     drain = flusher.start("--drain")
-    assert await asyncio.to_thread(drain.wait, 120) == 0
+    assert await drained(drain, tmp_path / "flusher.log") == 0
     db, owed = await state(redis, engine)
     assert not owed
     assert db == writers.acked, (
@@ -247,7 +263,7 @@ async def test_exactly_once_under_kill9(chaos_servers, flusher_procs, tmp_path):
     await writers.stop()
     flusher.kill9()
     drain = flusher.start("--drain")
-    assert await asyncio.to_thread(drain.wait, 120) == 0
+    assert await drained(drain, tmp_path / "flusher.log") == 0
     db, owed = await state(redis, engine)
     assert not owed
     for i in ids:
