@@ -12,22 +12,42 @@ import glob
 import importlib.util
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import redis
 
+# Below Linux's ephemeral range (32768-60999): a port the kernel hands out with bind(0) is also
+# what it gives the next outgoing connection, and one did take a test PostgreSQL's port between
+# the pick and the bind (CI, 159 errors). Each pytest-xdist worker draws from its own slice.
+_PORT_LOW, _PORT_HIGH = 20000, 32000
+
+
+def _port_slice() -> range:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")  # "gw0", "gw1", ...
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    if not worker.startswith("gw") or count < 2:
+        return range(_PORT_LOW, _PORT_HIGH)
+    width = (_PORT_HIGH - _PORT_LOW) // count
+    start = _PORT_LOW + int(worker[2:]) % count * width
+    return range(start, start + width)
+
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port nothing listens on now, outside the range outgoing connections use."""
+    ports = _port_slice()
+    for _ in range(200):
+        port = random.choice(ports)
+        if port_available(port):
+            return port
+    raise RuntimeError(f"no free port in {ports.start}-{ports.stop - 1}")
 
 
 def port_available(port: int, host: str = "127.0.0.1") -> bool:
@@ -43,6 +63,10 @@ def port_available(port: int, host: str = "127.0.0.1") -> bool:
         return True
 
 
+class _Exited(Exception):
+    """The server process is gone: waiting longer cannot help."""
+
+
 def _wait(check: object, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     last: Exception | None = None
@@ -50,6 +74,8 @@ def _wait(check: object, timeout: float, what: str) -> None:
         try:
             if check():  # type: ignore[operator]
                 return
+        except _Exited:
+            raise
         except Exception as exc:
             last = exc
         time.sleep(0.05)
@@ -89,8 +115,13 @@ def _as_postgres() -> list[str]:
 @dataclass
 class PostgresServer:
     datadir: Path
-    port: int = field(default_factory=free_port)
+    port: int = 0  # 0: pick a free one (and pick again if another process takes it first)
     fsync: bool = True
+
+    def __post_init__(self) -> None:
+        self._auto_port = self.port == 0
+        if self._auto_port:
+            self.port = free_port()
 
     @property
     def sockdir(self) -> Path:
@@ -129,7 +160,7 @@ class PostgresServer:
             "--no-sync",
         )
 
-    def start(self) -> PostgresServer:
+    def start(self, retries: int = 5) -> PostgresServer:
         self.init()
         self.sockdir.mkdir(exist_ok=True)
         if os.geteuid() == 0:
@@ -153,7 +184,11 @@ class PostgresServer:
         if res.returncode != 0:
             log = self.datadir / "server.log"
             tail = log.read_text()[-2000:] if log.exists() else ""
+            if self._auto_port and "Address already in use" in tail and retries:
+                self.port = free_port()
+                return self.start(retries - 1)
             raise RuntimeError(f"postgres did not start: {res.stderr}\n{tail}")
+        self._auto_port = False  # a restart must come back on the port its clients know
         return self
 
     def stop(self, mode: str = "fast") -> None:
@@ -205,16 +240,21 @@ class RedisServer:
     """A Redis process we own. `appendfsync` is the durability under test (DESIGN "Counters")."""
 
     datadir: Path
-    port: int = field(default_factory=free_port)
+    port: int = 0  # 0: pick a free one (and pick again if another process takes it first)
     appendfsync: str = "always"
     redis_binary: str = ""
     proc: subprocess.Popen[bytes] | None = None
+
+    def __post_init__(self) -> None:
+        self._auto_port = self.port == 0
+        if self._auto_port:
+            self.port = free_port()
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self) -> RedisServer:
+    def start(self, retries: int = 5) -> RedisServer:
         self.datadir.mkdir(parents=True, exist_ok=True)
         log = open(self.datadir / "redis.log", "ab")  # noqa: SIM115 - owned by the child
         self.proc = subprocess.Popen(
@@ -242,9 +282,27 @@ class RedisServer:
             start_new_session=True,
         )
         log.close()
+        proc = self.proc
         client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
-        _wait(client.ping, 30, "redis")
-        client.close()
+
+        def ours_answers() -> bool:
+            # Ask the server its pid: a ping alone would also succeed against another process's
+            # Redis that took the port, while ours exited on "Address already in use".
+            if proc.poll() is not None:
+                raise _Exited
+            return int(client.info("server")["process_id"]) == proc.pid
+
+        try:
+            _wait(ours_answers, 30, "redis")
+        except _Exited:
+            if self._auto_port and retries:
+                self.port = free_port()
+                return self.start(retries - 1)
+            tail = (self.datadir / "redis.log").read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"redis did not start (exit {proc.returncode}):\n{tail}") from None
+        finally:
+            client.close()
+        self._auto_port = False  # a restart must come back on the port its clients know
         return self
 
     def kill9(self) -> None:
