@@ -18,6 +18,22 @@ have() { [ "$FORCE" != 1 ] && $DOCKER image inspect "$1" >/dev/null 2>&1; }
 work=$(mktemp -d /tmp/celery-stack-bases.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 
+# `pip download` from the first Python that has pip. Under `uv run` the first python3 on PATH is
+# the workspace's venv, which has none (a bare machine's CI failed on exactly that); the last
+# resort is a throwaway venv seeded with pip by uv, which `make` has installed in any case.
+pip_download() {
+    local py
+    for py in /usr/bin/python3 python3; do
+        if "$py" -m pip --version >/dev/null 2>&1; then
+            "$py" -m pip download "$@"
+            return
+        fi
+    done
+    local uv=${UV:-$(command -v uv || echo .tools/bin/uv)}
+    "$uv" venv --quiet --seed "$work/pip-venv" >&2
+    "$work/pip-venv/bin/python" -m pip download "$@"
+}
+
 if ! have "$PYTHON_IMAGE_LOCAL"; then
     command -v debootstrap >/dev/null || apt-get install -y -q debootstrap >&2
     root="$work/rootfs"
@@ -37,7 +53,7 @@ if ! have "$PYTHON_IMAGE_LOCAL"; then
 fi
 
 if ! have "$UV_IMAGE_LOCAL"; then
-    python3 -m pip download --quiet --no-deps --only-binary=:all: --dest "$work/uv" \
+    pip_download --quiet --no-deps --only-binary=:all: --dest "$work/uv" \
         "uv==${UV_VERSION}" >&2
     mkdir -p "$work/uvroot"
     python3 -m zipfile -e "$work"/uv/uv-*.whl "$work/uvwheel"
