@@ -120,20 +120,27 @@ CASES = [
     Case(
         "CeleryStackOrphansPresent",
         {
-            'celery_stack_janitor_found_total{sweep="results"}': "0+10x60",
-            'celery_stack_janitor_removed_total{sweep="results"}': "0+5x60",
-            'celery_stack_janitor_found_total{sweep="locks"}': "0+2x60",
-            'celery_stack_janitor_removed_total{sweep="locks"}': "0+2x60",
+            # two maintenance worker replicas export the same record of the last run
+            'celery_stack_janitor_last_run_found{sweep="results",pod="m1"}': "10x60",
+            'celery_stack_janitor_last_run_found{sweep="results",pod="m2"}': "10x60",
+            'celery_stack_janitor_last_run_removed{sweep="results",pod="m1"}': "5x60",
+            'celery_stack_janitor_last_run_removed{sweep="results",pod="m2"}': "5x60",
+            'celery_stack_janitor_last_run_found{sweep="locks",pod="m1"}': "2x60",
+            'celery_stack_janitor_last_run_removed{sweep="locks",pod="m1"}': "2x60",
         },
         "60m",
         [{"sweep": "results"}],
+        value="5",  # one run's count, not the sum of the replicas' copies of it
         quiet_before="20m",
     ),
     Case(
         "CeleryStackJanitorNotRunning",
         {
-            'celery_stack_janitor_last_run_timestamp_seconds{sweep="results"}': "0x300",
-            'celery_stack_janitor_last_run_timestamp_seconds{sweep="locks"}': "0+60x300",
+            # the record of the last run, as two maintenance worker replicas export it
+            'celery_stack_janitor_last_run_timestamp_seconds{sweep="results",pod="m1"}': "0x300",
+            'celery_stack_janitor_last_run_timestamp_seconds{sweep="results",pod="m2"}': "0x300",
+            'celery_stack_janitor_last_run_timestamp_seconds{sweep="locks",pod="m1"}': "0+60x300",
+            'celery_stack_janitor_last_run_timestamp_seconds{sweep="locks",pod="m2"}': "0+60x300",
         },
         "4h",
         [{"sweep": "results"}],

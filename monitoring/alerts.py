@@ -203,19 +203,22 @@ def _ours(t: Thresholds) -> list[Alert]:
 
 
 def _janitor(t: Thresholds) -> list[Alert]:
-    found = f"sum by (sweep) (increase(celery_stack_janitor_found_total[{t.orphans_window}]))"
-    removed = f"sum by (sweep) (increase(celery_stack_janitor_removed_total[{t.orphans_window}]))"
+    # The last run of each sweep as recorded in janitor_runs and exported by the maintenance
+    # worker (celery_stack_core.sweeps.runs): CronJob, CLI and API runs alike, each once; the
+    # replicas of the maintenance worker export the same values, hence `max by (sweep)`.
+    found = "max by (sweep) (celery_stack_janitor_last_run_found)"
+    removed = "max by (sweep) (celery_stack_janitor_last_run_removed)"
     return [
         Alert(
             "CeleryStackOrphansPresent",
-            f"{found}\n- ({removed} or {found} * 0) > 0",
+            f"{found}\n- {removed} > 0",
             t.orphans_for,
             t.severity_ticket,
             "Janitor sweep {{ $labels.sweep }} leaves orphans behind",
-            "Sweep {{ $labels.sweep }} found more orphans than it removed over "
-            f"{t.orphans_window}.",
+            "Every run of sweep {{ $labels.sweep }} over "
+            f"{t.orphans_for} left items it found: the last left {{{{ $value }}}}.",
             "orphans-present",
-            ("celery_stack_janitor_found_total", "celery_stack_janitor_removed_total"),
+            ("celery_stack_janitor_last_run_found", "celery_stack_janitor_last_run_removed"),
         ),
         Alert(
             "CeleryStackJanitorNotRunning",

@@ -373,28 +373,29 @@ def beat_janitor() -> list[tuple[str, list[Panel]]]:
         (
             "Janitor",
             [
+                # The last run of each sweep, wherever it ran (CronJob, CLI, API job), from
+                # janitor_runs via the maintenance worker; max folds its replicas.
                 Panel(
-                    "Sweeps: found and removed per hour",
+                    "Sweeps: found and removed by the last run",
                     "short",
                     (
                         Query(
-                            "sum by (sweep) (increase(celery_stack_janitor_found_total[1h]))",
+                            "max by (sweep) (celery_stack_janitor_last_run_found)",
                             "found {{sweep}}",
                         ),
                         Query(
-                            "sum by (sweep) (increase(celery_stack_janitor_removed_total[1h]))",
+                            "max by (sweep) (celery_stack_janitor_last_run_removed)",
                             "removed {{sweep}}",
                         ),
                     ),
                 ),
                 Panel(
-                    "Sweep duration p99 and age of last run",
+                    "Sweep duration and age of the last run",
                     "s",
                     (
                         Query(
-                            "histogram_quantile(0.99, sum by (sweep, le) (rate("
-                            f"celery_stack_janitor_sweep_duration_seconds_bucket[{RATE}])))",
-                            "p99 {{sweep}}",
+                            "max by (sweep) (celery_stack_janitor_last_run_duration_seconds)",
+                            "duration {{sweep}}",
                         ),
                         Query(
                             "time() - max by (sweep) "

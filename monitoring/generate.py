@@ -149,6 +149,7 @@ def _families(metrics: object) -> list[tuple[str, str, list[str], str]]:
         (metrics.WORKER_UP_NAME, ["hostname"], "1: this worker process runs."),  # type: ignore[attr-defined]
         (metrics.WORKER_CONSUMING_NAME, ["hostname", "queue_name"], "1 while consuming."),  # type: ignore[attr-defined]
     ]
+    scraped += [(n, list(labels), doc) for n, labels, doc in metrics.JANITOR_RUN_FAMILIES]  # type: ignore[attr-defined]
     rows += [(n, "gauge (scrape time)", labels, doc) for n, labels, doc in scraped]
     return sorted(rows)
 

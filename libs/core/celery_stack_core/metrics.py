@@ -179,11 +179,28 @@ JANITOR_DURATION = Histogram(
     ["sweep"],
     buckets=(0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
 )
-JANITOR_LAST_RUN = Gauge(
-    f"{NS}_janitor_last_run_timestamp_seconds",
-    "Unix time a janitor sweep last finished a real run.",
-    ["sweep"],
-    multiprocess_mode="max",
+# The last run of each sweep, wherever it ran (CronJob, CLI, API job): read at scrape time from
+# the janitor_runs table by the maintenance worker (sweeps/runs.py), because a CronJob's pod is
+# gone before Prometheus could scrape it. (name, labels, help)
+JANITOR_LAST_RUN_NAME = f"{NS}_janitor_last_run_timestamp_seconds"
+JANITOR_RUN_FAMILIES: tuple[tuple[str, tuple[str, ...], str], ...] = (
+    (JANITOR_LAST_RUN_NAME, ("sweep",), "Unix time a janitor sweep last finished a real run."),
+    (f"{NS}_janitor_last_run_found", ("sweep",), "Things the last real run of a sweep found."),
+    (
+        f"{NS}_janitor_last_run_removed",
+        ("sweep",),
+        "Things the last real run of a sweep removed, released, requeued or repaired.",
+    ),
+    (
+        f"{NS}_janitor_last_run_skipped",
+        ("sweep", "reason"),
+        "Things the last real run of a sweep left alone, by reason.",
+    ),
+    (
+        f"{NS}_janitor_last_run_duration_seconds",
+        ("sweep",),
+        "Time the last real run of a sweep took.",
+    ),
 )
 LOCKS_HELD = Gauge(
     f"{NS}_locks_held", "Locks held in Redis at the last janitor look.", multiprocess_mode="max"

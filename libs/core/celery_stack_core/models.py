@@ -9,6 +9,7 @@ from typing import Literal, get_args
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
     Float,
@@ -247,6 +248,27 @@ class MaintenanceJob(Base):
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class JanitorRun(Base):
+    """One finished real run of one janitor sweep, whatever started it (the CronJob's CLI, a
+    person's CLI, an API job on the maintenance worker, the operator's CronJobs). The
+    maintenance worker exports the newest row per sweep to Prometheus (sweeps/runs.py): a
+    CronJob pod lives too briefly to be scraped itself."""
+
+    __tablename__ = "janitor_runs"
+    __table_args__ = (Index("ix_janitor_runs_sweep_finished", "sweep", "finished_at"),)
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    sweep: Mapped[str] = mapped_column(Text, nullable=False)
+    source: Mapped[str] = mapped_column(Text, nullable=False)  # cli | job
+    finished_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+    found: Mapped[int] = mapped_column(Integer, nullable=False)
+    removed: Mapped[int] = mapped_column(Integer, nullable=False)
+    skipped: Mapped[dict[str, object]] = mapped_column(JSONB, nullable=False)  # by reason
+    duration_seconds: Mapped[float] = mapped_column(Float, nullable=False)
+    complete: Mapped[bool] = mapped_column(Boolean, nullable=False)
 
 
 # --- maintenance rules ----------------------------------------------------------------------------

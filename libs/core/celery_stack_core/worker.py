@@ -13,7 +13,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery import Celery, signals
 
@@ -23,6 +23,9 @@ from celery_stack_core.logs import configure_logging
 from celery_stack_core.queues import spec
 from celery_stack_core.redis_client import make_redis
 from celery_stack_core.tracing import flush_tracing, setup_tracing
+
+if TYPE_CHECKING:  # prometheus_client only after the multiprocess directory exists
+    from prometheus_client.registry import Collector
 
 log = logging.getLogger(__name__)
 # /healthz fails past this many heartbeat intervals (12 x 5 s = the chart's 60 s liveness age).
@@ -90,7 +93,14 @@ def serve_worker_metrics(app: Celery, settings: Settings, service: str) -> None:
         heartbeat_file=liveness.consuming_file(obs.worker_heartbeat_file),
         fresh_within=ready_within,
     )
-    reg = metrics.registry(metrics.role_of_worker(queue), [broker])
+    extra: list[Collector] = [broker]
+    if queue == "maintenance":
+        # The maintenance worker is always deployed and scraped: it exports every sweep run's
+        # record, the CronJob's included (their pods exit before a scrape; sweeps/runs.py).
+        from celery_stack_core.sweeps.runs import RunCollector
+
+        extra.append(RunCollector(settings.stores.database_url))
+    reg = metrics.registry(metrics.role_of_worker(queue), extra)
 
     def check(path: str, within: float) -> metrics.Check:
         def run() -> tuple[bool, dict[str, Any]]:

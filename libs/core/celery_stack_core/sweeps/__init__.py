@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from celery_stack_core.sweeps import counters, locks, results, retention, scans, unsent
+from celery_stack_core.sweeps import counters, locks, results, retention, runs, scans, unsent
 from celery_stack_core.sweeps.base import Progress, SweepContext, SweepReport
 
 Sweep = Callable[..., Awaitable[SweepReport]]
@@ -50,11 +50,21 @@ def select_sweeps(only: list[str] | None) -> list[str]:
 
 
 async def run(
-    ctx: SweepContext, names: list[str], *, dry_run: bool, progress: Progress | None = None
+    ctx: SweepContext,
+    names: list[str],
+    *,
+    dry_run: bool,
+    progress: Progress | None = None,
+    source: str = "cli",
 ) -> list[SweepReport]:
+    """Run the sweeps in order. Each real run is recorded in janitor_runs (`source`: cli for
+    the CLI and the CronJobs that run it, job for the API's jobs), which the maintenance worker
+    exports: the one place every entry point's runs reach Prometheus (sweeps/runs.py)."""
     reports = []
     for name in names:
         report = await SWEEPS[name](ctx, dry_run=dry_run)
+        if not dry_run:
+            await runs.record(ctx.engine, report, source)
         reports.append(report)
         if progress is not None:
             await progress(report)

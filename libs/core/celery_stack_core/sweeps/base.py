@@ -155,7 +155,6 @@ class Recorder:
         if not rep.dry_run:
             metrics.JANITOR_FOUND.labels(rep.sweep).inc(rep.found)
             metrics.JANITOR_DURATION.labels(rep.sweep).observe(rep.duration)
-            metrics.JANITOR_LAST_RUN.labels(rep.sweep).set(time.time())
         log.info("janitor sweep finished", extra=rep.as_dict() | {"actions": len(rep.actions)})
         return rep
 

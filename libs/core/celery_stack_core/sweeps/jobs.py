@@ -157,7 +157,7 @@ async def execute(ctx: SweepContext, job_id: uuid.UUID) -> str:
             )
 
     try:
-        await run(ctx, list(KINDS[row.kind]), dry_run=False, progress=progress)
+        await run(ctx, list(KINDS[row.kind]), dry_run=False, progress=progress, source="job")
     except Exception as exc:
         log.exception("maintenance job failed", extra={"job_id": str(job_id)})
         await _finish(ctx.engine, job_id, "failed", totals(done), repr(exc)[:500])
