@@ -15,7 +15,9 @@ import jmespath
 import pytest
 import yaml
 from chartlib import RELEASE, by_kind, one, render_chart
+from sqlalchemy import select
 
+from celery_stack_core.models import JanitorRun
 from celery_stack_devstack.pytest_plugin import env_for
 
 FULL = f"{RELEASE}-celery-stack"
@@ -158,3 +160,10 @@ async def test_rendered_cronjob_command_runs_against_a_local_stack(settings, cle
     assert by_sweep["orphaned-results"]["by_action"] == {"delete": 1, "expire": 1}
     assert not await redis.exists(f"celery-task-meta-scan-{gone}-1")
     assert await redis.ttl("celery-task-meta-beat:x:1") > 0
+    # ... and recorded each sweep's run, which the maintenance worker exports to Prometheus
+    # (the CronJob's pod exits before any scrape: services/janitor/tests/test_run_metrics.py)
+    async with clean_db.connect() as conn:
+        runs = (
+            await conn.execute(select(JanitorRun.sweep, JanitorRun.source, JanitorRun.removed))
+        ).all()
+    assert sorted(tuple(r) for r in runs) == [("locks", "cli", 0), ("orphaned-results", "cli", 2)]
