@@ -22,7 +22,18 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from opentelemetry import trace
-from sqlalchemy import ARRAY, BigInteger, Integer, Table, bindparam, cast, func, select, update
+from sqlalchemy import (
+    ARRAY,
+    BigInteger,
+    Integer,
+    Table,
+    Text,
+    bindparam,
+    cast,
+    func,
+    select,
+    update,
+)
 from sqlalchemy.dialects.postgresql import UUID, insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.selectable import TableValuedAlias
@@ -100,38 +111,39 @@ async def claim_all(redis: aioredis.Redis, shards: list[ShardKeys]) -> list[Clai
 
 @dataclass(frozen=True)
 class InFlight:
-    """An in-flight batch as PostgreSQL takes it: ids (sorted, each once) and their deltas."""
+    """An in-flight batch as PostgreSQL takes it: ids and deltas (same order) as bigint array
+    literals, "{1,2,...}", which PostgreSQL parses itself."""
 
-    ids: list[int]
-    deltas: list[int]
+    ids: str
+    deltas: str
+    keys: int  # valid fields
     invalid: int  # fields that were not a valid id and delta (counted as dropped)
-
-    @property
-    def keys(self) -> int:  # valid fields
-        return len(self.ids)
 
 
 async def read_inflight(redis: aioredis.Redis, sk: ShardKeys) -> InFlight:
-    """The in-flight deltas, validated by the script (read_inflight.lua). HSCAN may return a
-    field twice: the dict keeps it once. Sorted by id, the UPDATE visits the table's index and
-    pages in order (cheaper for PostgreSQL, which is the flush's critical path; this parse runs
-    beside it, while it applies the previous shard)."""
+    """The in-flight deltas, validated and packed by the script (read_inflight.lua): the
+    flusher never turns tens of thousands of fields into Python objects (that cost more CPU
+    than PostgreSQL's parse of the same text; measured: bench/flush_breakdown.py). HSCAN may
+    return a field twice; the UPDATE applies a row once whatever the join repeats, and `keys`
+    comes from HLEN, so a repeat changes nothing."""
     script = redis.register_script(lua(__file__, "read_inflight"))
-    deltas: dict[int, int] = {}
-    invalid = 0
+    ids: list[str] = []
+    deltas: list[str] = []
+    invalid, fields = 0, 0
     cursor = "0"
     while True:
         step = await script(keys=[sk.inflight], args=[cursor, 5000])
-        cursor = str(step[0])
+        first, cursor = cursor == "0", str(step[0])
         if step[1]:
-            deltas.update(
-                zip(map(int, step[1].split(",")), map(int, step[2].split(",")), strict=True)
-            )
+            ids.append(step[1])
+            deltas.append(step[2])
         invalid += int(step[3])
+        fields = int(step[4]) if first else fields
         if cursor == "0":
             break
-    ids = sorted(deltas)
-    return InFlight(ids, [deltas[i] for i in ids], invalid)
+    return InFlight(
+        "{" + ",".join(ids) + "}", "{" + ",".join(deltas) + "}", fields - invalid, invalid
+    )
 
 
 @dataclass(frozen=True)
@@ -140,10 +152,18 @@ class Applied:
     total: int  # the sum of their deltas
 
 
-def _unnest(name: str, *columns: tuple[str, str, list[Any]]) -> TableValuedAlias:
-    """unnest($1::type[], $2::type[], ...) AS name(col, col, ...): arrays bound as parameters
-    (asyncpg sends them binary), one row per index."""
-    fn = func.unnest(*(cast(bindparam(c, v), ARRAY(TYPES[t])) for c, t, v in columns))
+def _unnest(name: str, *columns: tuple[str, str, list[Any] | str]) -> TableValuedAlias:
+    """unnest($1::type[], $2::type[], ...) AS name(col, col, ...), one row per index, from
+    arrays bound as parameters: a list is sent binary (asyncpg); a str is an array literal
+    ("{1,2,3}") that PostgreSQL parses (a big batch: cheaper than Python objects)."""
+    arrays = []
+    for column, kind, value in columns:
+        param = f"{name}_{column}"
+        if isinstance(value, str):
+            arrays.append(cast(cast(bindparam(param, value, type_=Text), Text), ARRAY(TYPES[kind])))
+        else:
+            arrays.append(cast(bindparam(param, value), ARRAY(TYPES[kind])))
+    fn = func.unnest(*arrays)
     return fn.table_valued(*(c for c, _, _ in columns)).render_derived(name=name)
 
 
@@ -158,9 +178,9 @@ async def apply_batch(
 ) -> Applied | None:
     """Inside the caller's transaction, in ONE statement: the batch's ledger row and, only if
     the row is new, its deltas with one UPDATE ... FROM unnest (filtered on the insert's
-    RETURNING, so the insert decides, atomically). Returns what was applied (summed on the server: no row
-    comes back to Python), or None when the ledger already had this batch. The ledger row's
-    applied/dropped/total are written by record() before COMMIT."""
+    RETURNING, so the insert decides, atomically). Returns what was applied (summed on the
+    server: no row comes back to Python), or None when the ledger already had this batch. The
+    ledger row's applied/dropped/total are written by record() before COMMIT."""
     table = Base.metadata.tables[TARGETS[sk.target].table]
     column = table.c[sk.field]
     assert sk.field in TARGETS[sk.target].buffered

@@ -1,13 +1,13 @@
--- Read one HSCAN step of an in-flight hash, packed as two comma-joined strings (ids, deltas):
--- two bulk strings per step instead of two per field, which the flusher splits and parses
--- (flush.read_inflight) and sends to PostgreSQL as binary bigint arrays.
+-- Read one HSCAN step of an in-flight hash, packed as two comma-joined strings (ids, deltas)
+-- that PostgreSQL parses itself (string_to_array(...)::bigint[]): the flusher never turns
+-- tens of thousands of fields into Python ints and back.
 -- Invariant: read-only; one call is one HSCAN step (COUNT bounds its work), so a large batch
 -- never blocks Redis the way HGETALL would. Only values PostgreSQL's bigint cast accepts are
 -- packed: an id of 1-19 digits not above 2^63-1, a delta of at most 18 digits with an optional
--- sign. Anything else would fail the whole batch on every retry and wedge the shard;
+-- sign. Anything else would fail the whole batch's cast on every retry and wedge the shard;
 -- it is counted as invalid instead (and a comma in it could not shift the lists).
 -- KEYS[1] in-flight hash; ARGV[1] cursor, ARGV[2] count
--- Returns {next_cursor, "id,id,...", "delta,delta,...", invalid}
+-- Returns {next_cursor, "id,id,...", "delta,delta,...", invalid, fields (HLEN; first call only)}
 local BIGINT_MAX = '9223372036854775807'
 local function valid_id(f)
   if not string.find(f, '^%d+$') then return false end
@@ -28,4 +28,8 @@ for i = 1, #flat, 2 do
     invalid = invalid + 1
   end
 end
-return {res[1], table.concat(ids, ','), table.concat(deltas, ','), invalid}
+local fields = -1
+if ARGV[1] == '0' then
+  fields = redis.call('HLEN', KEYS[1])
+end
+return {res[1], table.concat(ids, ','), table.concat(deltas, ','), invalid, fields}
