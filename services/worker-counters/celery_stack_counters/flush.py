@@ -51,11 +51,16 @@ tracer = trace.get_tracer(__name__)
 
 # The protocol's steps, announced through HOOKS ("flush"): the chaos test kills the process at
 # each of them. Once per flush: claimed (every shard's batch in flight, no transaction yet),
-# recorded (the ledger rows hold what each batch applied; no COMMIT yet), committed, acked.
-# Once per batch: read (its deltas read and parsed, earlier batches applied in the open
-# transaction), applied (its ledger row and deltas written, not committed).
+# acked. Once per lane (transaction): recorded (its ledger rows hold what each batch applied;
+# no COMMIT yet), committed (the other lane may still be open). Once per batch: read (its
+# deltas read, earlier batches applied in open transactions), applied (its ledger row and
+# deltas written, not committed).
 STEPS = ("claimed", "read", "applied", "recorded", "committed", "acked")
 _ledger: Table = CounterBatch.__table__
+# Transactions applying a flush's batches side by side. PostgreSQL runs a statement on one core;
+# two lanes let a flush use two while the reader (Redis) stays ahead of both (measured:
+# bench/bench_flush.py). Each needs a pooled connection.
+LANES = 2
 
 
 @dataclass(frozen=True)
@@ -276,21 +281,22 @@ async def flush_many(
     engine: AsyncEngine,
     shards: list[ShardKeys],
 ) -> list[FlushResult]:
-    """Flush several shards in ONE transaction, reading the next shard while PostgreSQL applies
-    the current one:
+    """Flush several shards in LANES transactions side by side, reading the next shard while
+    PostgreSQL applies the current ones:
 
-        claim all | read shard 1 | read shard 2       | read shard 3       | ...
-                  |              | BEGIN; apply 1     | apply 2            | ... record; COMMIT
-                                                                               -> ack all
+        claim all | read 1 | read 2        | read 3 | read 4 ...
+                  |        | lane 1: BEGIN; apply 1  | apply 3 ... record; COMMIT
+                  |        |        | lane 2: BEGIN; apply 2 | apply 4 ... record; COMMIT
+                                                                  -> ack every committed batch
 
-    Each batch keeps its own ledger row, written with its deltas in one statement, so the
-    protocol per batch is unchanged: a crash before COMMIT leaves every claimed batch in flight
-    and none applied; after COMMIT every applied one is in the ledger and is only acked. One
-    commit (one WAL flush) instead of one per shard; one Redis round trip claims every shard,
-    one acks them. Returns a result per claimed shard (empty shards are left out).
+    Each batch's ledger row and deltas are one statement, so the protocol per batch does not
+    depend on which transaction holds it: a crash before a lane's COMMIT leaves its batches in
+    flight and none applied; after it they are in the ledger and are only acked. One Redis
+    round trip claims every shard, one acks them; a lane that fails leaves its batches in flight
+    (raised after the others' acks). Returns a result per claimed shard of the lanes that
+    committed (empty shards are left out).
     """
     started = time.monotonic()
-    done: list[tuple[Prepared, Applied | None]] = []
     with tracer.start_as_current_span("counters.flush", attributes={"shards": len(shards)}) as span:
         claims = [
             (sk, c) for sk, c in zip(shards, await claim_all(redis, shards), strict=True) if c
@@ -298,50 +304,72 @@ async def flush_many(
         if not claims:
             return []
         await HOOKS.reach("flush", "claimed")
-        ready: asyncio.Queue[Prepared | None] = asyncio.Queue(maxsize=2)
-        reader = asyncio.create_task(_read_all(redis, claims, ready))
+        lanes = min(LANES, len(claims))
+        ready: asyncio.Queue[Prepared | None] = asyncio.Queue(maxsize=lanes)
+        reader = asyncio.create_task(_read_all(redis, claims, ready, lanes))
+        appliers = [asyncio.create_task(_apply_all(engine, ready, span)) for _ in range(lanes)]
         try:
-            async with engine.begin() as conn:
-                while (p := await ready.get()) is not None:
-                    for link in links_from(p.links):  # each batch's views link to this flush
-                        span.add_link(link.context)
-                    done.append((p, await apply_batch(conn, p.sk, p.claim.batch_id, p.batch)))
-                if done:
-                    await record(
-                        conn, [(p.claim.batch_id, p.batch, a) for p, a in done if a is not None]
-                    )
-        except BaseException:
+            outcomes = await asyncio.gather(*appliers, return_exceptions=True)
+        except BaseException:  # this flush was cancelled: its claims stay in flight
+            for task in appliers:
+                task.cancel()
+            await asyncio.gather(*appliers, return_exceptions=True)
             await _stop(reader, ready)
             raise
+        done = [d for o in outcomes if not isinstance(o, BaseException) for d in o]
+        failed = [o for o in outcomes if isinstance(o, BaseException)]
+        if failed:
+            await _stop(reader, ready)  # no lane may be left to take what it reads
         if done:
-            await HOOKS.reach("flush", "committed")
             await _ack_all(redis, [p for p, _ in done])
             await HOOKS.reach("flush", "acked")
+        if failed:
+            raise failed[0]
     await reader  # a read that failed after some shards were read: raised now, after their ack
     return [finish(p, applied, started) for p, applied in done]
+
+
+async def _apply_all(
+    engine: AsyncEngine, ready: asyncio.Queue[Prepared | None], span: trace.Span
+) -> list[tuple[Prepared, Applied | None]]:
+    """One lane: apply the batches it takes from the queue in one transaction, until None."""
+    done: list[tuple[Prepared, Applied | None]] = []
+    async with engine.begin() as conn:
+        while (p := await ready.get()) is not None:
+            for link in links_from(p.links):  # each batch's views link to this flush
+                span.add_link(link.context)
+            done.append((p, await apply_batch(conn, p.sk, p.claim.batch_id, p.batch)))
+        if done:
+            await record(conn, [(p.claim.batch_id, p.batch, a) for p, a in done if a is not None])
+    if done:
+        await HOOKS.reach("flush", "committed")
+    return done
 
 
 async def _read_all(
     redis: aioredis.Redis,
     claims: list[tuple[ShardKeys, Claim]],
     ready: asyncio.Queue[Prepared | None],
+    lanes: int,
 ) -> None:
-    """Read each claimed shard in turn, handing it to the transaction; None ends the list."""
+    """Read each claimed shard in turn, handing it to the lanes; a None per lane ends them."""
     try:
         for sk, c in claims:
             await ready.put(await prepare(redis, sk, c))
     except asyncio.CancelledError:
-        raise  # the transaction failed: nobody waits for the end of the list
+        raise  # a lane failed: it may not take its None
     except BaseException:
-        await ready.put(None)  # commit what was applied; flush_many raises this afterwards
+        for _ in range(lanes):  # commit what was applied; flush_many raises this afterwards
+            await ready.put(None)
         raise
-    await ready.put(None)
+    for _ in range(lanes):
+        await ready.put(None)
 
 
 async def _stop(reader: asyncio.Task[None], ready: asyncio.Queue[Prepared | None]) -> None:
-    """Stop the reader after the transaction failed. Its claims stay in flight (the next flush
-    resumes them). redis-py can swallow a cancellation, so the queue is kept empty until the
-    reader is really done: it must never wait on a put that nobody takes."""
+    """Stop the reader after a lane failed (or the flush was cancelled). Its claims stay in
+    flight (the next flush resumes them). redis-py can swallow a cancellation, so the queue is
+    kept empty until the reader is really done: it must never wait on a put nobody takes."""
     reader.cancel()
     while not reader.done():
         while not ready.empty():
