@@ -11,9 +11,10 @@ PostgreSQL, the buffers empty), so a fast wrong flush cannot score.
   one MGET per SCAN batch, one bulk `UPDATE ... FROM unnest`, COMMIT, then DEL: the report's
   three suggestions done well.
 - **ours**: `flush_all` over every shard (docs/counters.md "Flush"): the leases and the Lua
-  claims in one round trip each, one transaction with, per shard, the packed in-flight read
-  (overlapping PostgreSQL's work on the previous shard) and one statement holding the ledger
-  insert and `UPDATE ... FROM unnest`, then the ledger figures, COMMIT, the Lua acks pipelined.
+  claims in one round trip each, two transactions side by side with, per shard, the packed
+  in-flight read (overlapping PostgreSQL's work on the previous shards) and one statement
+  holding the ledger insert and `UPDATE ... FROM unnest`, then per transaction the ledger
+  figures and COMMIT, the Lua acks pipelined.
 - **bare statement**: the floor nothing above it can beat: one transaction with one
   `UPDATE ... FROM unnest($1, $2)` on arrays already built (sorted), straight from asyncpg.
 

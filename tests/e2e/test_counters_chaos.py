@@ -8,13 +8,14 @@ with `-m immediate`; its own Redis (AOF, appendfsync always) is kill -9'd. At qu
 
 and after draining, acknowledged == DB exactly, and the ledger's totals sum to the DB's views.
 
-The flusher claims all its shards in one pipelined round trip, then applies them in one
-transaction, reading and parsing the next shard while PostgreSQL applies the current one, each
-batch's ledger row and deltas in one statement, the ledger figures in one last statement before
-the one COMMIT (flush.flush_many). Every step of that order is a kill point (flush.STEPS):
-"claimed" (every batch in flight, no transaction yet), the k-th "read" or "applied" (k =
-1..SHARDS at random: earlier shards applied inside the still-open transaction, later ones
-claimed but unread), "recorded" (everything written, no COMMIT), "committed" (in the ledger,
+The flusher claims all its shards in one pipelined round trip, then applies them in two
+transactions side by side (flush.LANES), reading the next shard while PostgreSQL applies the
+current ones, each batch's ledger row and deltas in one statement, each transaction's ledger
+figures in one last statement before its COMMIT (flush.flush_many). Every step of that order
+is a kill point (flush.STEPS): "claimed" (every batch in flight, no transaction yet), the k-th
+"read" or "applied" (k = 1..SHARDS at random: earlier shards applied inside still-open
+transactions, later ones claimed but unread), the k-th "recorded" (a transaction written, not
+committed), the k-th "committed" (one transaction committed, the other possibly still open;
 none acked) and "acked". An increment whose Redis call failed is "ambiguous" (the reply was lost: it may or may not have been applied); those occur only while
 Redis is being killed, and bound the result from above: acked <= DB <= acked + ambiguous.
 """
@@ -219,7 +220,8 @@ async def test_exactly_once_under_kill9(chaos_servers, flusher_procs, tmp_path):
     rounds = [s for s in STEPS for _ in range(KILLS_PER_STEP)]
     random.shuffle(rounds)
     for i, step in enumerate(rounds):
-        # read/applied come once per batch (up to SHARDS a flush), the others once per flush
+        # read/applied come once per batch (up to SHARDS a flush), recorded/committed once per
+        # transaction (up to two a flush), claimed/acked once per flush
         after = random.randint(1, SHARDS if step in ("read", "applied") else 3)
         proc = flusher.start("--crash-at", step, "--crash-after", str(after))
         deadline = (
