@@ -3,7 +3,9 @@
 Every Redis command of the client and every SQL statement and COMMIT of the engine is timed
 and put in a category; "Python" is the wall time during which no Redis or SQL call was pending
 (the union of the timed intervals is subtracted, so overlapping calls, as in a flush of several
-shards at once, are not counted twice). Categories:
+shards at once, are not counted twice). The categories themselves overlap (the reader runs
+beside the transactions, the two transactions beside each other), so their shares of the wall
+time can add up to more than 100%. Categories:
 
 - redis claim+ack: the claim and ack Lua scripts; redis read: the in-flight read (HSCAN Lua);
 - lease: the lease's acquire / renew / release scripts; redis other: anything else (HLEN gauge);
