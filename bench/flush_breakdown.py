@@ -3,12 +3,15 @@
 Every Redis command of the client and every SQL statement and COMMIT of the engine is timed
 and put in a category; "Python" is the wall time during which no Redis or SQL call was pending
 (the union of the timed intervals is subtracted, so overlapping calls, as in a flush of several
-shards at once, are not counted twice). Categories:
+shards at once, are not counted twice). The categories themselves overlap (the reader runs
+beside the transactions, the two transactions beside each other), so their shares of the wall
+time can add up to more than 100%. Categories:
 
 - redis claim+ack: the claim and ack Lua scripts; redis read: the in-flight read (HSCAN Lua);
 - lease: the lease's acquire / renew / release scripts; redis other: anything else (HLEN gauge);
-- ledger: the counter_batches INSERT and UPDATE (the first statement also opens the
-  transaction); UPDATE: the `UPDATE ... FROM unnest` of the deltas; commit: COMMIT.
+  a pipeline counts as one call, in the category of its first command;
+- UPDATE: a batch's statement, its ledger insert and `UPDATE ... FROM unnest` in one (the first
+  also opens the transaction); ledger: the UPDATE of the ledger rows' figures; commit: COMMIT.
 """
 
 from __future__ import annotations
@@ -84,6 +87,26 @@ class Breakdown:
                 self.intervals.append((started, time.perf_counter(), self._redis_category(args)))
 
         self.redis.execute_command = timed
+        pipeline = self.redis.pipeline
+        outer = self
+
+        def timed_pipeline(*args: Any, **options: Any) -> Any:
+            pipe = pipeline(*args, **options)
+            execute = pipe.execute
+
+            async def timed_execute(*a: Any, **kw: Any) -> Any:
+                stack = pipe.command_stack
+                category = outer._redis_category(stack[0][0]) if stack else "redis_other"
+                started = time.perf_counter()
+                try:
+                    return await execute(*a, **kw)
+                finally:
+                    outer.intervals.append((started, time.perf_counter(), category))
+
+            pipe.execute = timed_execute
+            return pipe
+
+        self.redis.pipeline = timed_pipeline
 
     # --- SQL ----------------------------------------------------------------------------------
     def _before(self, conn: Any, cursor: Any, statement: str, *_: Any) -> None:
@@ -94,13 +117,14 @@ class Breakdown:
         if started is None:
             return
         s = " ".join(statement.split()).lower()
-        category = (
-            "ledger"
-            if "counter_batches" in s
-            else "update"
-            if s.startswith("update")
-            else "sql_other"
-        )
+        if s.startswith("with ") and "(update " in s:
+            category = "update"  # a batch's ledger insert + UPDATE, one statement
+        elif "counter_batches" in s:
+            category = "ledger"
+        elif s.startswith("update"):
+            category = "update"
+        else:
+            category = "sql_other"
         self.intervals.append((started, time.perf_counter(), category))
 
     def __enter__(self) -> Breakdown:
@@ -131,6 +155,7 @@ class Breakdown:
         event.remove(sync, "before_cursor_execute", self._before)
         event.remove(sync, "after_cursor_execute", self._after)
         del self.redis.execute_command
+        del self.redis.pipeline
 
     # --- results ------------------------------------------------------------------------------
     def figures(self) -> dict[str, float]:

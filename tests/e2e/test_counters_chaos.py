@@ -8,12 +8,15 @@ with `-m immediate`; its own Redis (AOF, appendfsync always) is kill -9'd. At qu
 
 and after draining, acknowledged == DB exactly, and the ledger's totals sum to the DB's views.
 
-The flusher flushes all its shards in one transaction, claiming and reading the next shard
-while PostgreSQL applies the current one (flush.flush_many). A kill at the k-th "claimed",
-"ledger_inserted" or "applied" (k = 2..SHARDS, chosen at random) therefore lands while earlier
-shards are applied inside the still-open transaction; a kill at "acked" lands after the one
-COMMIT, with every batch of the round in the ledger and some or none acked. An increment whose Redis call failed is
-"ambiguous" (the reply was lost: it may or may not have been applied); those occur only while
+The flusher claims all its shards in one pipelined round trip, then applies them in two
+transactions side by side (flush.LANES), reading the next shard while PostgreSQL applies the
+current ones, each batch's ledger row and deltas in one statement, each transaction's ledger
+figures in one last statement before its COMMIT (flush.flush_many). Every step of that order
+is a kill point (flush.STEPS): "claimed" (every batch in flight, no transaction yet), the k-th
+"read" or "applied" (k = 1..SHARDS at random: earlier shards applied inside still-open
+transactions, later ones claimed but unread), the k-th "recorded" (a transaction written, not
+committed), the k-th "committed" (one transaction committed, the other possibly still open;
+none acked) and "acked". An increment whose Redis call failed is "ambiguous" (the reply was lost: it may or may not have been applied); those occur only while
 Redis is being killed, and bound the result from above: acked <= DB <= acked + ambiguous.
 """
 
@@ -217,7 +220,9 @@ async def test_exactly_once_under_kill9(chaos_servers, flusher_procs, tmp_path):
     rounds = [s for s in STEPS for _ in range(KILLS_PER_STEP)]
     random.shuffle(rounds)
     for i, step in enumerate(rounds):
-        after = random.randint(1, SHARDS if step != "committed" else 3)
+        # read/applied come once per batch (up to SHARDS a flush), recorded/committed once per
+        # transaction (up to two a flush), claimed/acked once per flush
+        after = random.randint(1, SHARDS if step in ("read", "applied") else 3)
         proc = flusher.start("--crash-at", step, "--crash-after", str(after))
         deadline = (
             time.monotonic() + 60

@@ -10,7 +10,7 @@ kill the process, delete a row, raise.
 
 Components and their steps: "scans" (claimed, checkpoint; context: the domain), "api.scans"
 (committed: between a scan's COMMIT and its publish; context: the scan id), "flush" (claimed,
-ledger_inserted, applied, committed, acked: celery_stack_counters.flush.STEPS) "api.counts"
+read, applied, recorded, committed, acked: celery_stack_counters.flush.STEPS) "api.counts"
 (buffers_read: a count read between its Redis read and its SQL read) and "rules"
 (before_commit: a rule batch's statement ran, its COMMIT has not; context: rule, rows).
 """

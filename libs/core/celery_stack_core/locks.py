@@ -5,6 +5,9 @@
         ...                             # renewed every ttl/3 in the background
         lease.check()                   # raises LeaseLost if a renewal failed
 
+    async with hold_many(redis, names, owner=..., ttl=30) as leases:   # the free ones of names
+        ...                             # one round trip takes, renews or releases them all
+
 DESIGN "Locks": the value is the owner record, the owner keeps a heartbeat and a set of the
 locks it holds, so the janitor can tell a leaked lock (owner gone) from a busy one.
 """
@@ -55,6 +58,19 @@ class Lease:
         return int(self.ttl * 2000)
 
     async def acquire(self) -> bool:
+        return bool(await self._call(*self._acquire()))
+
+    async def renew(self) -> bool:
+        ok = bool(await self._call(*self._renew()))
+        if not ok:
+            self.lost = True
+        return ok
+
+    async def release(self) -> bool:
+        return bool(await self._call(*self._release()))
+
+    # Each operation as (script, keys, args), so hold_many can pipeline it for many leases.
+    def _acquire(self) -> tuple[str, list[str], list[str | int]]:
         self.record = json.dumps(
             # ttl: the janitor reads the heartbeat's remaining TTL against 2 x ttl to know how
             # long the owner has been silent (celery_stack_core.sweeps.locks).
@@ -66,26 +82,24 @@ class Lease:
             },
             separators=(",", ":"),
         )
-        script = self.redis.register_script(lua(__file__, "lock_acquire"))
-        got = await script(
-            keys=[self.key, keys.owner_locks(self.owner), keys.owner_heartbeat(self.owner)],
-            args=[self.record, self._ms, self._heartbeat_ms],
+        return (
+            "lock_acquire",
+            [self.key, keys.owner_locks(self.owner), keys.owner_heartbeat(self.owner)],
+            [self.record, self._ms, self._heartbeat_ms],
         )
-        return bool(got)
 
-    async def renew(self) -> bool:
-        script = self.redis.register_script(lua(__file__, "lock_renew"))
-        ok = await script(
-            keys=[self.key, keys.owner_heartbeat(self.owner)],
-            args=[self.record, self._ms, self._heartbeat_ms],
+    def _renew(self) -> tuple[str, list[str], list[str | int]]:
+        return (
+            "lock_renew",
+            [self.key, keys.owner_heartbeat(self.owner)],
+            [self.record, self._ms, self._heartbeat_ms],
         )
-        if not ok:
-            self.lost = True
-        return bool(ok)
 
-    async def release(self) -> bool:
-        script = self.redis.register_script(lua(__file__, "lock_release"))
-        return bool(await script(keys=[self.key, keys.owner_locks(self.owner)], args=[self.record]))
+    def _release(self) -> tuple[str, list[str], list[str | int]]:
+        return "lock_release", [self.key, keys.owner_locks(self.owner)], [self.record]
+
+    async def _call(self, script: str, keys_: list[str], args: list[str | int]) -> object:
+        return await self.redis.register_script(lua(__file__, script))(keys=keys_, args=args)
 
     def check(self) -> None:
         if self.lost:
@@ -123,3 +137,59 @@ async def hold(
             await lease.release()
         except Exception as exc:  # the TTL frees it; the janitor reports it if the owner is gone
             log.warning("lease release failed", extra={"lease": name, "error": repr(exc)})
+
+
+@contextlib.asynccontextmanager
+async def hold_many(
+    redis: aioredis.Redis, names: list[str], *, owner: str, ttl: float
+) -> AsyncIterator[list[Lease]]:
+    """Hold, for the block, every lease of `names` that is free; yields those taken (a name
+    another owner holds is left out). The same leases as hold()'s, but one pipelined round trip
+    takes them all, one renews them all (every ttl/3) and one releases them: a flusher holding
+    a lease per shard pays one round trip, not one per shard, each way."""
+    wanted = [Lease(redis, name, owner, ttl) for name in names]
+    got = await _pipelined(redis, [lease._acquire() for lease in wanted])
+    held = [lease for lease, ok in zip(wanted, got, strict=True) if ok]
+    if not held:
+        yield held
+        return
+    keeper = asyncio.create_task(_keep_all(redis, held))
+    try:
+        yield held
+    finally:
+        keeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await keeper
+        try:
+            await _pipelined(redis, [lease._release() for lease in held])
+        except Exception as exc:  # the TTL frees them; the janitor reports them if owner is gone
+            log.warning("lease release failed", extra={"leases": len(held), "error": repr(exc)})
+
+
+async def _pipelined(
+    redis: aioredis.Redis, calls: list[tuple[str, list[str], list[str | int]]]
+) -> list[object]:
+    """Run the lock scripts' calls in one pipelined round trip (each script stays atomic)."""
+    if not calls:
+        return []
+    async with redis.pipeline(transaction=False) as pipe:
+        for script, keys_, args in calls:
+            await redis.register_script(lua(__file__, script))(keys=keys_, args=args, client=pipe)
+        return list(await pipe.execute())
+
+
+async def _keep_all(redis: aioredis.Redis, leases: list[Lease]) -> None:
+    """hold_many's keeper: renew every lease still held at a third of the TTL, in one round trip."""
+    ttl = leases[0].ttl
+    while leases:
+        await asyncio.sleep(ttl / 3)
+        try:
+            renewed = await _pipelined(redis, [lease._renew() for lease in leases])
+        except Exception as exc:  # Redis hiccup: keep trying until the TTL runs out
+            log.warning("lease renewal failed", extra={"leases": len(leases), "error": repr(exc)})
+            continue
+        for lease, ok in zip(leases, renewed, strict=True):
+            if not ok:
+                lease.lost = True
+                log.error("lease lost", extra={"lease": lease.name, "owner": lease.owner})
+        leases = [lease for lease in leases if not lease.lost]

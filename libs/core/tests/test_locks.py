@@ -69,3 +69,37 @@ async def test_lost_lease_is_detected(redis):
         except LeaseLost:
             pass
     assert await redis.get(keys.lock("stolen")) == "someone-else"
+
+
+async def test_hold_many_takes_the_free_ones_in_one_round_trip_and_releases_them(redis):
+    from celery_stack_core.locks import hold_many
+
+    async with hold(redis, "b", owner="other", ttl=5) as taken:
+        assert taken is not None
+        async with hold_many(redis, ["a", "b", "c"], owner="me", ttl=5) as leases:
+            assert [lease.name for lease in leases] == ["a", "c"]  # b is someone else's
+            for name in ("a", "c"):
+                assert json.loads(await redis.get(keys.lock(name)))["owner"] == "me"
+            assert await redis.smembers(keys.owner_locks("me")) == {
+                keys.lock("a"),
+                keys.lock("c"),
+            }
+        assert not await redis.exists(keys.lock("a"), keys.lock("c"))
+        assert json.loads(await redis.get(keys.lock("b")))["owner"] == "other"
+
+
+async def test_hold_many_renews_past_the_ttl_and_notices_a_loss(redis):
+    from celery_stack_core.locks import hold_many
+
+    async with hold_many(redis, ["x", "y"], owner="me", ttl=0.3) as leases:
+        await redis.set(keys.lock("y"), "someone-else")  # y expired and was taken over
+        started = asyncio.get_running_loop().time()
+        while not leases[1].lost:  # the keeper's next renewal finds it gone
+            assert asyncio.get_running_loop().time() - started < 30, "loss never noticed"
+            await asyncio.sleep(0.02)
+        while await redis.pttl(keys.lock("x")) > 0 and (
+            asyncio.get_running_loop().time() - started < 1.0  # three TTLs: x was renewed
+        ):
+            await asyncio.sleep(0.02)
+        assert await redis.pttl(keys.lock("x")) > 0 and not leases[0].lost
+    assert await redis.get(keys.lock("y")) == "someone-else"  # never released by us

@@ -6,7 +6,6 @@ The lease only keeps two flushers from doing the same work; correctness never de
 
 from __future__ import annotations
 
-import contextlib
 import logging
 
 import redis.asyncio as aioredis
@@ -14,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from celery_stack_core import metrics
 from celery_stack_core.keys import ShardKeys
-from celery_stack_core.locks import hold
+from celery_stack_core.locks import hold_many
 from celery_stack_core.retry import is_transient, with_retry
 from celery_stack_core.targets import BUFFERED
 from celery_stack_counters.flush import FlushResult, flush_many, flush_shard
@@ -32,19 +31,15 @@ def all_shards(shards: int) -> list[ShardKeys]:
 async def flush_all(
     redis: aioredis.Redis, engine: AsyncEngine, *, shards: int, owner: str, lease_ttl: float
 ) -> list[FlushResult]:
-    """Flush what this worker can lease (a shard leased by another flusher is skipped): all
-    leased shards in one transaction (flush_many). If that transaction fails for a reason other
-    than a connection error, each shard is flushed on its own, so one bad shard cannot hold
-    back the others."""
+    """Flush what this worker can lease (a shard leased by another flusher is skipped; one
+    round trip takes every lease): all leased shards in one transaction (flush_many). If that
+    transaction fails for a reason other than a connection error, each shard is flushed on its
+    own, so one bad shard cannot hold back the others."""
     results: list[FlushResult] = []
-    async with contextlib.AsyncExitStack() as stack:
-        mine: list[ShardKeys] = []
-        for sk in all_shards(shards):
-            lease = await stack.enter_async_context(
-                hold(redis, sk.lease, owner=owner, ttl=lease_ttl)
-            )
-            if lease is not None:
-                mine.append(sk)
+    every = all_shards(shards)
+    async with hold_many(redis, [sk.lease for sk in every], owner=owner, ttl=lease_ttl) as leases:
+        held = {lease.name for lease in leases}
+        mine = [sk for sk in every if sk.lease in held]
         todo = mine
         for _ in range(MAX_ROUNDS):
             try:
