@@ -304,22 +304,27 @@ async def flush_many(
         if not claims:
             return []
         await HOOKS.reach("flush", "claimed")
-        lanes = min(LANES, len(claims))
-        ready: asyncio.Queue[Prepared | None] = asyncio.Queue(maxsize=lanes)
-        reader = asyncio.create_task(_read_all(redis, claims, ready, lanes))
-        appliers = [asyncio.create_task(_apply_all(engine, ready, span)) for _ in range(lanes)]
+        # A batch's lane is its shard's: every counter shards ids the same way (keys.shard_of),
+        # so two lanes never update the same row and cannot deadlock each other, even once a
+        # table has two buffered counters (a lane taking whatever comes next could).
+        lanes = sorted({sk.shard % LANES for sk, _ in claims})
+        queues: dict[int, asyncio.Queue[Prepared | None]] = {
+            lane: asyncio.Queue(maxsize=1) for lane in lanes
+        }
+        reader = asyncio.create_task(_read_all(redis, claims, queues))
+        appliers = [asyncio.create_task(_apply_all(engine, q, span)) for q in queues.values()]
         try:
             outcomes = await asyncio.gather(*appliers, return_exceptions=True)
         except BaseException:  # this flush was cancelled: its claims stay in flight
             for task in appliers:
                 task.cancel()
             await asyncio.gather(*appliers, return_exceptions=True)
-            await _stop(reader, ready)
+            await _stop(reader, queues)
             raise
         done = [d for o in outcomes if not isinstance(o, BaseException) for d in o]
         failed = [o for o in outcomes if isinstance(o, BaseException)]
         if failed:
-            await _stop(reader, ready)  # no lane may be left to take what it reads
+            await _stop(reader, queues)  # no lane may be left to take what it reads
         if done:
             await _ack_all(redis, [p for p, _ in done])
             await HOOKS.reach("flush", "acked")
@@ -334,13 +339,24 @@ async def _apply_all(
 ) -> list[tuple[Prepared, Applied | None]]:
     """One lane: apply the batches it takes from the queue in one transaction, until None."""
     done: list[tuple[Prepared, Applied | None]] = []
-    async with engine.begin() as conn:
-        while (p := await ready.get()) is not None:
-            for link in links_from(p.links):  # each batch's views link to this flush
-                span.add_link(link.context)
-            done.append((p, await apply_batch(conn, p.sk, p.claim.batch_id, p.batch)))
-        if done:
-            await record(conn, [(p.claim.batch_id, p.batch, a) for p, a in done if a is not None])
+    ended = False  # the reader's None taken: nothing more comes to this lane
+    try:
+        async with engine.begin() as conn:
+            while (p := await ready.get()) is not None:
+                for link in links_from(p.links):  # each batch's views link to this flush
+                    span.add_link(link.context)
+                done.append((p, await apply_batch(conn, p.sk, p.claim.batch_id, p.batch)))
+            ended = True
+            if done:
+                await record(
+                    conn, [(p.claim.batch_id, p.batch, a) for p, a in done if a is not None]
+                )
+    except Exception:
+        # Rolled back: this lane's batches stay in flight. Keep taking what the reader hands
+        # this lane (left in flight too), so the reader never blocks and the other lane ends.
+        while not ended and await ready.get() is not None:
+            pass
+        raise
     if done:
         await HOOKS.reach("flush", "committed")
     return done
@@ -349,31 +365,33 @@ async def _apply_all(
 async def _read_all(
     redis: aioredis.Redis,
     claims: list[tuple[ShardKeys, Claim]],
-    ready: asyncio.Queue[Prepared | None],
-    lanes: int,
+    queues: dict[int, asyncio.Queue[Prepared | None]],
 ) -> None:
-    """Read each claimed shard in turn, handing it to the lanes; a None per lane ends them."""
+    """Read each claimed shard in turn, handing it to its lane; a None per lane ends them."""
     try:
         for sk, c in claims:
-            await ready.put(await prepare(redis, sk, c))
+            await queues[sk.shard % LANES].put(await prepare(redis, sk, c))
     except asyncio.CancelledError:
-        raise  # a lane failed: it may not take its None
+        raise  # the flush was cancelled: no lane takes its None
     except BaseException:
-        for _ in range(lanes):  # commit what was applied; flush_many raises this afterwards
-            await ready.put(None)
+        for q in queues.values():  # commit what was applied; flush_many raises this afterwards
+            await q.put(None)
         raise
-    for _ in range(lanes):
-        await ready.put(None)
+    for q in queues.values():
+        await q.put(None)
 
 
-async def _stop(reader: asyncio.Task[None], ready: asyncio.Queue[Prepared | None]) -> None:
+async def _stop(
+    reader: asyncio.Task[None], queues: dict[int, asyncio.Queue[Prepared | None]]
+) -> None:
     """Stop the reader after a lane failed (or the flush was cancelled). Its claims stay in
     flight (the next flush resumes them). redis-py can swallow a cancellation, so the queue is
     kept empty until the reader is really done: it must never wait on a put nobody takes."""
     reader.cancel()
     while not reader.done():
-        while not ready.empty():
-            ready.get_nowait()
+        for ready in queues.values():
+            while not ready.empty():
+                ready.get_nowait()
         await asyncio.wait({reader}, timeout=0.05)
     await asyncio.gather(reader, return_exceptions=True)
 
