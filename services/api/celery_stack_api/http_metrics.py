@@ -14,9 +14,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from celery_stack_core import metrics
 
-# The view fast path answers before routing; its one template, named as the route names it.
+# The fast paths answer before routing; their templates, named as the routes name them.
 _FAST_VIEW = re.compile(r"/api/v1/(posts|articles)/[0-9]+/views")
 FAST_VIEW_ROUTE = "/api/v1/{target}/{target_id}/views"
+FAST_BATCH_ROUTE = "/api/v1/views:batch"  # a template without parameters: its own path
 UNMATCHED = "unmatched"
 
 
@@ -25,7 +26,10 @@ def route_of(scope: Scope) -> str:
     template = getattr(route, "path_format", None) or getattr(route, "path", None)
     if isinstance(template, str):
         return template
-    if _FAST_VIEW.fullmatch(scope.get("path", "")):
+    path = scope.get("path", "")
+    if path == FAST_BATCH_ROUTE:
+        return FAST_BATCH_ROUTE
+    if _FAST_VIEW.fullmatch(path):
         return FAST_VIEW_ROUTE
     return UNMATCHED
 
