@@ -7,6 +7,7 @@ then: a data error goes on as itself (celery_stack_core.outage says which is whi
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -107,7 +108,7 @@ async def record_view(
             shards=state.settings.counters.shards,
             viewer=viewer,
         )
-        metrics.INCREMENTS.labels(target, "views").inc()
+        views_counted(target).inc()
         return "buffered"
     except REDIS_DOWN as exc:
         log.warning(
@@ -119,6 +120,12 @@ async def record_view(
                 raise NotFound(f"{target} {target_id} does not exist")
     metrics.FALLBACKS.labels(target, "views").inc()
     return "direct"
+
+
+@functools.cache
+def views_counted(target: str) -> Any:
+    """The `INCREMENTS` child of `target`'s views, looked up once (labels() costs µs per call)."""
+    return metrics.INCREMENTS.labels(target, "views")
 
 
 @dataclass(frozen=True)
@@ -162,7 +169,7 @@ async def record_views_batch(
     total = 0
     for target, counts in accepted.items():
         n = sum(counts.values())
-        metrics.INCREMENTS.labels(target, "views").inc(n)
+        views_counted(target).inc(n)
         total += n
     return BatchOutcome(total, unknown)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import time
+from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -37,6 +38,10 @@ def route_of(scope: Scope) -> str:
 class HttpMetrics:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        # The labelled children, kept: prometheus_client's labels() validates and locks on
+        # every call, a few µs per request on the view path. Same series, looked up once.
+        self._requests: dict[tuple[str, str, int], Any] = {}
+        self._durations: dict[str, Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -55,5 +60,14 @@ class HttpMetrics:
             await self.app(scope, receive, send_and_note)
         finally:
             route = route_of(scope)
-            metrics.HTTP_REQUESTS.labels(route, scope["method"], f"{code // 100}xx").inc()
-            metrics.HTTP_DURATION.labels(route).observe(time.perf_counter() - started)
+            key = (route, scope["method"], code // 100)
+            requests = self._requests.get(key)
+            if requests is None:
+                requests = self._requests[key] = metrics.HTTP_REQUESTS.labels(
+                    route, scope["method"], f"{code // 100}xx"
+                )
+            duration = self._durations.get(route)
+            if duration is None:
+                duration = self._durations[route] = metrics.HTTP_DURATION.labels(route)
+            requests.inc()
+            duration.observe(time.perf_counter() - started)

@@ -177,6 +177,13 @@ BATCH_AUTH = [
 ]
 
 
+def http_counted(route: str) -> float:
+    return sum(
+        metrics.HTTP_REQUESTS.labels(route, "POST", code)._value.get()
+        for code in ("2xx", "4xx", "5xx")
+    )
+
+
 def batch_fast_answers() -> float:
     return metrics.VIEW_FAST_PATH.labels("batch")._value.get()
 
@@ -201,8 +208,11 @@ async def test_batch_fast_path_answers_like_the_route(
                 b"{aid}", str(article).encode()
             )
             before = batch_fast_answers()
+            counted = http_counted("/api/v1/views:batch")
             r = await c.post("/api/v1/views:batch", content=content, headers={**auth, **ctype})
             answered_fast = batch_fast_answers() - before
+            # counted under the route's template, whichever path answered
+            assert http_counted("/api/v1/views:batch") == counted + 1
         fast_expected = fast and who == "user" and name in BATCH_FAST
         assert answered_fast == (1 if fast_expected else 0), (name, who, fast)
         buffered: dict[str, int] = {}
