@@ -300,11 +300,16 @@ while True:
 @contextlib.contextmanager
 def _busy_disk(env: BenchEnv, directory: Path) -> Iterator[None]:
     target = directory / "neighbour.bin"
-    proc = subprocess.Popen([env.python, "-c", _NEIGHBOUR, str(target), str(NEIGHBOUR_FSYNC_MIB)])
+    argv = [env.python, "-c", _NEIGHBOUR, str(target)]
+    proc = subprocess.Popen([*argv, str(NEIGHBOUR_MIB_S), str(NEIGHBOUR_FSYNC_MIB)])
     try:
         time.sleep(1)  # its first writes under way
+        if proc.poll() is not None:
+            raise RuntimeError(f"the disk neighbour exited with {proc.returncode}")
         yield
     finally:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the disk neighbour exited with {proc.returncode}")
         proc.kill()
         proc.wait()
         target.unlink(missing_ok=True)
