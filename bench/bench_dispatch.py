@@ -69,12 +69,17 @@ COMPARISONS = {
 Create = Callable[[], Awaitable[str]]
 
 
-async def _started(dsn: str, ids: list[str], timeout: float) -> dict[str, float]:
-    """started_at (epoch seconds) of every id, waiting until all have one."""
+async def _started(
+    dsn: str, ids: list[str], timeout: float, worker: Proc | None = None
+) -> dict[str, float]:
+    """started_at (epoch seconds) of every id, waiting until all have one (or the timeout).
+    With `worker`: a traceback in its log (a task that fails) ends the wait with an error."""
     conn = await asyncpg.connect(dsn)
     try:
         deadline = time.monotonic() + timeout
         while True:
+            if worker is not None:
+                _healthy(worker)
             rows = await conn.fetch(
                 "SELECT id, EXTRACT(EPOCH FROM started_at) AS t FROM scans "
                 "WHERE id = ANY($1::uuid[]) AND started_at IS NOT NULL",
@@ -163,14 +168,29 @@ async def _measure(env: BenchEnv, label: str, create: Create) -> dict[str, float
     return out
 
 
-async def _warm(env: BenchEnv, create: Create) -> None:
-    """Connections, and each worker process's imports, engine and loop: not timed."""
+def _healthy(worker: Proc) -> None:
+    """Raise with its log when the worker died or a task raised: the scans it should start
+    never will, and waiting for them only hides why (a run_scan signature change once made
+    every report 004 task fail, so each phase waited out its timeout: 0/20 started, 500+ s)."""
+    worker.check()
+    log = worker.output()
+    if "Traceback" in log:
+        raise RuntimeError(f"{worker.name}: a task failed:\n{log[-3000:]}")
+
+
+async def _warm(env: BenchEnv, create: Create, worker: Proc) -> None:
+    """Connections, and each worker process's imports, engine and loop: not timed. Every
+    warm-up scan must start, or the run stops here."""
     ids = [await create() for _ in range(6)]
-    await _started(pg_dsn(env.database_url), ids, 120)
+    started = await _started(pg_dsn(env.database_url), ids, 120, worker)
+    if len(started) < len(ids):
+        raise RuntimeError(
+            f"{len(started)}/{len(ids)} warm-up scans started in 120 s:\n{worker.output()[-3000:]}"
+        )
     await _durations(pg_dsn(env.database_url), ids, 60)
 
 
-async def _ours(env: BenchEnv, base: str, body: dict[str, Any]) -> dict[str, float]:
+async def _ours(env: BenchEnv, base: str, body: dict[str, Any], worker: Proc) -> dict[str, float]:
     async with httpx.AsyncClient(
         base_url=base,
         headers={"Authorization": "Bearer dev-user-token", "X-User-Id": "bench"},
@@ -184,11 +204,11 @@ async def _ours(env: BenchEnv, base: str, body: dict[str, Any]) -> dict[str, flo
             r.raise_for_status()
             return str(r.json()["id"])
 
-        await _warm(env, create)
+        await _warm(env, create, worker)
         return await _measure(env, "ours", create)
 
 
-async def _report004(env: BenchEnv, config: dict[str, Any]) -> dict[str, float]:
+async def _report004(env: BenchEnv, config: dict[str, Any], worker: Proc) -> dict[str, float]:
     from sqlalchemy.ext.asyncio import AsyncSession
 
     from bench import dispatch_naive
@@ -205,7 +225,7 @@ async def _report004(env: BenchEnv, config: dict[str, Any]) -> dict[str, float]:
             return await dispatch_naive.create(session, redis, "demo.localtest", config)
 
     try:
-        await _warm(env, create)
+        await _warm(env, create, worker)
         return await _measure(env, "report004", create)
     finally:
         await redis.aclose()
@@ -246,7 +266,7 @@ def run(env: BenchEnv) -> dict[str, float]:
             env.child_env(WORKER_HEARTBEAT_FILE=str(alive), **scanner),
         )
         wait_for(lambda: worker.check() or alive.exists(), 90, "worker-scans consuming")
-        figures = asyncio.run(_ours(env, base, body))
+        figures = asyncio.run(_ours(env, base, body, worker))
         config = _config_of_a_scan(env)
         api.stop()
         worker.stop()
@@ -258,7 +278,7 @@ def run(env: BenchEnv) -> dict[str, float]:
         )
         time.sleep(3)  # let it connect
         naive.check()
-        figures.update(asyncio.run(_report004(env, config)))
+        figures.update(asyncio.run(_report004(env, config, naive)))
     finally:
         site.close()
 

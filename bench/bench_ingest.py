@@ -17,6 +17,13 @@ warm-up that fills the existence cache:
 - **fsync**: open loop at OPEN_RATE req/s (latency from each request's scheduled time, so a
   stall cannot hide its queue) with Redis appendfsync always, then everysec; Redis's latency
   monitor records the main-thread stalls (aof-fsync-always: an fsync that held every reply).
+  Before it, FSYNC_PROBES small appends + fsync on Redis's own directory: what one fsync costs
+  on that disk, the unit `always` adds to every reply. Each policy starts from a settled AOF
+  (rewritten, dirty pages written back); the bulk run comes after them, and then `always` once
+  more right after it ("after bulk"). Then always and everysec again while a neighbour process
+  appends to a file on the same disk (64 MiB/s, an fsync every 8 MiB: a checkpoint, a tenant),
+  with the fsync probe repeated under it: the tail `always` gets from a busy disk
+  (docs/loss-bounds.md explains it).
 
 Afterwards the increments buffered in Redis must equal what the generators counted as
 accepted (plus requests in flight when a generator stopped): a fast endpoint that drops
@@ -26,9 +33,12 @@ views cannot score.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +68,7 @@ OPEN_RATE = sized(2_500.0, 300.0)
 BATCH_ITEMS = sized(1_000, 100)
 BATCH_CONNECTIONS = 8
 STALL_MS = 10
+FSYNC_PROBES = sized(500, 100)
 TOKEN = "dev-user-token"  # the documented local-only token; ENVIRONMENT=test accepts it
 VIEW_PATH = "/api/v1/posts/{id}/views"
 BATCH_PATH = "/api/v1/views:batch"
@@ -79,6 +90,11 @@ COMPARISONS = {
         "always_p99_ms",
         "everysec_p99_ms",
         f"p99 at {OPEN_RATE:,.0f} req/s: appendfsync always / everysec",
+    ),
+    "always_over_everysec_busy_disk_p99": (
+        "always_busy_disk_p99_ms",
+        "everysec_busy_disk_p99_ms",
+        f"p99 at {OPEN_RATE:,.0f} req/s, disk busy: appendfsync always / everysec",
     ),
 }
 
@@ -139,7 +155,9 @@ def _loadgen(  # noqa: PLR0913 - bench/loadgen.py's options, keyword-only past t
         "requests": len(latencies),
         "rps": len(latencies) / seconds,
         "p50_ms": pct(50),
+        "p90_ms": pct(90),
         "p99_ms": pct(99),
+        "max_ms": latencies[-1],
     }
 
 
@@ -202,30 +220,124 @@ def _stalls(monitor: redis.Redis) -> tuple[int, int]:
     return len(history), max((int(ms) for _, ms in history), default=0)
 
 
-def _fsync(env: BenchEnv, port: int) -> dict[str, float]:
-    monitor = redis.Redis.from_url(env.redis_url, decode_responses=True)
-    out: dict[str, float] = {}
+def _disk_fsync(directory: Path, n: int = FSYNC_PROBES) -> dict[str, float]:
+    """What one fsync costs on the disk Redis's AOF is on: append a small record and fsync it,
+    n times, as `appendfsync always` does once per event-loop iteration that wrote."""
+    probe = directory / "fsync-probe"
+    took: list[float] = []
+    fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        for _ in range(n):
+            os.write(fd, b"*3\r\n$7\r\nHINCRBY\r\n" + b"x" * 100)
+            t = time.perf_counter()
+            os.fsync(fd)
+            took.append((time.perf_counter() - t) * 1000)
+    finally:
+        os.close(fd)
+        probe.unlink()
+    took.sort()
+    return {
+        "disk_fsync_p50_ms": took[len(took) // 2],
+        "disk_fsync_p99_ms": took[int(0.99 * len(took))],
+        "disk_fsync_max_ms": took[-1],
+    }
+
+
+def _settle(monitor: redis.Redis) -> None:
+    """Compact the AOF (BGREWRITEAOF, waited for) and write back dirty pages, so an open-loop
+    run starts from the same state and not behind what an earlier phase appended."""
+    monitor.execute_command("BGREWRITEAOF")
+    wait_for(
+        lambda: (
+            not int(monitor.info("persistence")["aof_rewrite_in_progress"])
+            and not int(monitor.info("persistence")["aof_rewrite_scheduled"])
+        ),
+        120,
+        "AOF rewrite done",
+    )
+    os.sync()
+
+
+def _open_loop(env: BenchEnv, port: int, monitor: redis.Redis, label: str) -> dict[str, float]:
+    """OPEN_RATE req/s for DURATION with the current appendfsync; Redis's fsync stalls."""
+    monitor.execute_command("LATENCY", "RESET")
+    res = _loadgen(env, port, DURATION, connections=64, rate=OPEN_RATE)
+    stalls, worst = _stalls(monitor)
+    return {
+        f"{label}_rps": res["rps"],
+        f"{label}_p50_ms": res["p50_ms"],
+        f"{label}_p90_ms": res["p90_ms"],
+        f"{label}_p99_ms": res["p99_ms"],
+        f"{label}_max_ms": res["max_ms"],
+        f"{label}_requests": float(res["requests"]),
+        f"{label}_fsync_stall_seconds": float(stalls),
+        f"{label}_fsync_worst_stall_ms": float(worst),
+    }
+
+
+# A neighbour on the same filesystem (a PostgreSQL checkpoint, another tenant): appends 1 MiB
+# blocks at NEIGHBOUR_MIB_S, fsync every NEIGHBOUR_FSYNC_MIB, the file truncated every 512 MiB.
+# Paced, so that it loads the disk and not the CPU the servers share with it.
+NEIGHBOUR_MIB_S = 64
+NEIGHBOUR_FSYNC_MIB = 8
+_NEIGHBOUR = """
+import os, sys, time
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+block, n, start, rate = os.urandom(1 << 20), 0, time.monotonic(), float(sys.argv[2])
+while True:
+    os.write(fd, block)
+    n += 1
+    if n % int(sys.argv[3]) == 0:
+        os.fsync(fd)
+    if n % 512 == 0:
+        os.ftruncate(fd, 0)
+    ahead = n / rate - (time.monotonic() - start)
+    if ahead > 0:
+        time.sleep(ahead)
+"""
+
+
+@contextlib.contextmanager
+def _busy_disk(env: BenchEnv, directory: Path) -> Iterator[None]:
+    target = directory / "neighbour.bin"
+    argv = [env.python, "-c", _NEIGHBOUR, str(target)]
+    proc = subprocess.Popen([*argv, str(NEIGHBOUR_MIB_S), str(NEIGHBOUR_FSYNC_MIB)])
+    try:
+        time.sleep(1)  # its first writes under way
+        if proc.poll() is not None:
+            raise RuntimeError(f"the disk neighbour exited with {proc.returncode}")
+        yield
+    finally:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the disk neighbour exited with {proc.returncode}")
+        proc.kill()
+        proc.wait()
+        target.unlink(missing_ok=True)
+
+
+def _fsync(env: BenchEnv, port: int, monitor: redis.Redis) -> dict[str, float]:
+    """The disk's own fsync cost, then the open loop with always and everysec, each from a
+    settled AOF; then both again with a neighbour writing to the same disk. Leaves
+    appendfsync always."""
+    directory = Path(monitor.config_get("dir")["dir"])
+    out: dict[str, float] = _disk_fsync(directory)
     try:
         monitor.config_set("latency-monitor-threshold", STALL_MS)
-        for policy in ("always", "everysec"):
-            monitor.config_set("appendfsync", policy)
-            monitor.execute_command("LATENCY", "RESET")
-            res = _loadgen(env, port, DURATION, connections=64, rate=OPEN_RATE)
-            stalls, worst = _stalls(monitor)
-            out.update(
-                {
-                    f"{policy}_rps": res["rps"],
-                    f"{policy}_p50_ms": res["p50_ms"],
-                    f"{policy}_p99_ms": res["p99_ms"],
-                    f"{policy}_requests": float(res["requests"]),
-                    f"{policy}_fsync_stall_seconds": float(stalls),
-                    f"{policy}_fsync_worst_stall_ms": float(worst),
-                }
-            )
-            time.sleep(0.5)
+        for busy in (False, True):
+            for policy in ("always", "everysec"):
+                monitor.config_set("appendfsync", policy)
+                _settle(monitor)
+                label = f"{policy}_busy_disk" if busy else policy
+                if not busy:
+                    out.update(_open_loop(env, port, monitor, label))
+                    continue
+                with _busy_disk(env, directory):
+                    if policy == "always":
+                        probe = _disk_fsync(directory, FSYNC_PROBES // 5)
+                        out.update({f"busy_{k}": v for k, v in probe.items()})
+                    out.update(_open_loop(env, port, monitor, label))
     finally:
         monitor.config_set("appendfsync", "always")
-        monitor.close()
     return out
 
 
@@ -252,8 +364,15 @@ def run(env: BenchEnv) -> dict[str, float]:
         flush=True,
     )
     bare.stop()
-    figures.update(_bulk(env, base, port))
-    figures.update(_fsync(env, port))
+    monitor = redis.Redis.from_url(env.redis_url, decode_responses=True)
+    try:
+        figures.update(_fsync(env, port, monitor))
+        figures.update(_bulk(env, base, port))
+        # always again, right after the bulk run appended its increments (and Redis may be
+        # rewriting the grown AOF): the same disk, now with writes queued ahead of each fsync
+        figures.update(_open_loop(env, port, monitor, "always_after_bulk"))
+    finally:
+        monitor.close()
     api.check()
     accepted = asyncio.run(buffered_total(env))
     counted = (
@@ -263,8 +382,11 @@ def run(env: BenchEnv) -> dict[str, float]:
         + figures["bulk_increments"]
         + figures["always_requests"]
         + figures["everysec_requests"]
+        + figures["always_after_bulk_requests"]
+        + figures["always_busy_disk_requests"]
+        + figures["everysec_busy_disk_requests"]
     )
-    slack = 4 * CONNECTIONS + 2 * 64 + BATCH_CONNECTIONS * BATCH_ITEMS
+    slack = 4 * CONNECTIONS + 5 * 64 + BATCH_CONNECTIONS * BATCH_ITEMS
     if not 0 <= accepted - counted <= slack:
         raise AssertionError(f"Redis holds {accepted} increments for {counted} accepted")
     for key, (num, den, _) in COMPARISONS.items():
@@ -306,6 +428,25 @@ def run(env: BenchEnv) -> dict[str, float]:
                     "-",
                     "-",
                 ],
+                *[
+                    [
+                        f"ours, open loop {OPEN_RATE:,.0f}/s, {policy}, disk busy",
+                        figures[f"{policy}_busy_disk_rps"],
+                        figures[f"{policy}_busy_disk_p50_ms"],
+                        figures[f"{policy}_busy_disk_p99_ms"],
+                        "-",
+                        "-",
+                    ]
+                    for policy in ("always", "everysec")
+                ],
+                [
+                    f"ours, open loop {OPEN_RATE:,.0f}/s, always, after bulk",
+                    figures["always_after_bulk_rps"],
+                    figures["always_after_bulk_p50_ms"],
+                    figures["always_after_bulk_p99_ms"],
+                    "-",
+                    "-",
+                ],
                 [
                     f"bulk, {BATCH_ITEMS} items/request",
                     figures.get("bulk_requests_per_s", "-"),
@@ -316,6 +457,26 @@ def run(env: BenchEnv) -> dict[str, float]:
                 ],
             ],
         )
+    )
+    print(
+        f"  one fsync on Redis's disk: p50 {figures['disk_fsync_p50_ms']:.1f} ms, p99 "
+        f"{figures['disk_fsync_p99_ms']:.1f} ms, max {figures['disk_fsync_max_ms']:.1f} ms; open "
+        f"loop p90/max ms: always {figures['always_p90_ms']:.1f}/{figures['always_max_ms']:.0f}, "
+        f"everysec {figures['everysec_p90_ms']:.1f}/{figures['everysec_max_ms']:.0f}"
+    )
+    print(
+        f"  with a neighbour writing to the same disk: one fsync p50 "
+        f"{figures['busy_disk_fsync_p50_ms']:.1f} ms, p99 {figures['busy_disk_fsync_p99_ms']:.1f}"
+        f" ms; always: {figures['always_busy_disk_fsync_stall_seconds']:.0f} s with an fsync stall"
+        f" >= {STALL_MS} ms, worst {figures['always_busy_disk_fsync_worst_stall_ms']:.0f} ms, max"
+        f" latency {figures['always_busy_disk_max_ms']:.0f} ms (everysec max "
+        f"{figures['everysec_busy_disk_max_ms']:.0f} ms)"
+    )
+    after = {k.removeprefix("always_after_bulk_"): v for k, v in figures.items()}
+    print(
+        f"  always after bulk: p90 {after['p90_ms']:.1f} ms, max {after['max_ms']:.0f} ms, "
+        f"{after['fsync_stall_seconds']:.0f} s with an fsync stall >= {STALL_MS} ms, worst "
+        f"{after['fsync_worst_stall_ms']:.0f} ms"
     )
     print(
         f"  bulk increments/s: {figures['bulk_increments_per_s']:,.0f}; Redis aof-fsync-always "

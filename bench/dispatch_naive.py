@@ -59,6 +59,7 @@ async def _check_task_exists(scan_id: str, max_retries: int = 5, retry_delay: fl
 async def _scan(scan_id: str) -> str:
     from celery_stack_core.config import get_settings
     from celery_stack_core.identity import owner_id
+    from celery_stack_scans.lifecycle import Delivery
     from celery_stack_scans.run import RunLimits, run_scan
     from celery_stack_scans.scanner import ScanOptions
 
@@ -67,9 +68,7 @@ async def _scan(scan_id: str) -> str:
     settings = get_settings()
     return await run_scan(
         connections.engine(),
-        uuid.UUID(scan_id),
-        1,
-        worker=owner_id(settings),
+        Delivery(uuid.UUID(scan_id), 1, owner_id(settings)),
         options=ScanOptions.from_settings(settings),
         limits=RunLimits(
             heartbeat_interval=settings.scans.heartbeat_interval,

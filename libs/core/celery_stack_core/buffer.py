@@ -7,6 +7,7 @@ which moves these buffers into PostgreSQL exactly once, is services/worker-count
 from __future__ import annotations
 
 import time
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -66,19 +67,30 @@ async def increment_many(
     shards: int,
 ) -> None:
     """Buffer many deltas in one round trip: one script call per touched shard (each call
-    stays within one shard's hash tag), all in one MULTI/EXEC, so none or all are applied."""
-    by_shard: dict[keys.ShardKeys, list[int]] = {}
+    stays within one shard's hash tag), all in one MULTI/EXEC, so none or all are applied.
+
+    Each call carries its shard's ids and deltas packed in one string (counter_ingest_many.lua),
+    and the script's text (EVAL, not EVALSHA): a NOSCRIPT error inside EXEC would leave the
+    other shards applied, and checking with SCRIPT EXISTS first costs a round trip per request.
+    """
+    packed: dict[tuple[TargetType, int], list[str]] = {}
     for target, per_id in deltas.items():
         for target_id, delta in per_id.items():
-            flat = by_shard.setdefault(shard_keys(target, field, target_id, shards), [])
-            flat += (target_id, delta)
-    if not by_shard:
+            text = str(target_id)
+            # keys.shard_of, inlined: the id's text is needed for the packing anyway
+            shard = zlib.crc32(text.encode()) % shards
+            parts = packed.get((target, shard))
+            if parts is None:
+                parts = packed[(target, shard)] = []
+            parts += (text, str(delta))
+    if not packed:
         return
-    script = redis.register_script(lua(__file__, "counter_ingest_many"))
+    script = lua(__file__, "counter_ingest_many")
     now_ms = int(time.time() * 1000)
     async with redis.pipeline(transaction=True) as pipe:
-        for sk, flat in by_shard.items():
-            await script(keys=[sk.live, sk.live_since], args=[now_ms, *flat], client=pipe)
+        for (target, shard), parts in packed.items():
+            sk = keys.ShardKeys(target, field, shard)
+            pipe.eval(script, 2, sk.live, sk.live_since, now_ms, " ".join(parts))
         await pipe.execute()
 
 

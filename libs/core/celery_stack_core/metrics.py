@@ -55,7 +55,10 @@ VIEWS_UNCHECKED = Counter(
     ["target"],
 )
 VIEW_FAST_PATH = Counter(
-    f"{NS}_view_fast_path", "Views answered by the API's fast path instead of FastAPI.", ["target"]
+    f"{NS}_view_fast_path",
+    "Requests answered by the API's fast path instead of FastAPI: a single view (target post or"
+    " article) or a views:batch request (target batch).",
+    ["target"],
 )
 COUNT_REREADS = Counter(
     f"{NS}_count_rereads",

@@ -56,7 +56,14 @@ def create_app(settings: Settings | None = None, *, view_fast_path: bool = True)
             await state.engine.dispose()
             flush_tracing()
 
+    traced = setup_tracing("api", settings)
+    fast = view_fast_path and not traced
     app = FastAPI(
+        # FastAPI's native OpenTelemetry looks for configured global providers on every
+        # request (environment reads included). Our tracing is FastAPIInstrumentor, and the fast
+        # paths are only installed when it is off: then there is nothing to report to, and the
+        # check is a measurable share of a view's cost (bench/bench_ingest.py).
+        telemetry={"tracing": False, "metrics": False, "logs": False} if fast else None,
         title="celery-stack",
         version="0.1.0",
         lifespan=lifespan,
@@ -85,11 +92,11 @@ def create_app(settings: Settings | None = None, *, view_fast_path: bool = True)
     )
     openapi.install(app)
 
-    if setup_tracing("api", settings):
+    if traced:
         from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
         FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,readyz,metrics")
-    elif view_fast_path:
+    elif fast:
         # The view ingest hot path without FastAPI's per-request cost (see fastpath.py).
         app.add_middleware(ViewFastPath, api=app)
     # The last added is the outermost: the size limit first (nothing reads a larger body),

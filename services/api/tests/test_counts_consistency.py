@@ -138,9 +138,10 @@ async def test_view_batch_bad_input_is_422_and_writes_nothing(api, post_id, redi
 
 
 def test_view_batch_targets_are_the_viewed_ones():
-    from typing import get_args
+    from typing import get_args, get_type_hints
 
     from celery_stack_api.routes.counters import ViewBatchItem
 
-    literal = ViewBatchItem.model_fields["target"].annotation
+    annotated = get_type_hints(ViewBatchItem, include_extras=True)["target"]
+    literal = get_args(annotated)[0]
     assert set(get_args(literal)) == {t for t, f in BUFFERED if f == "views"}
