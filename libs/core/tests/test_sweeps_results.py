@@ -156,7 +156,8 @@ task_ids = st.one_of(
     st.builds(lambda u: f"scan-{str(u).upper()}-1", st.uuids()),
     st.builds(lambda u: f"scan-{u}", st.uuids()),
     st.text(st.characters(blacklist_characters="\n"), max_size=60),
-    st.builds(lambda u, t: f"scan-{u}-1{t}", st.uuids(), st.text(max_size=3)),
+    st.builds(lambda u, t: f"scan-{u}-{t}", st.uuids(), st.text(max_size=4)),
+    st.builds(lambda u, t: f"janitor-job-{u}{t}", st.uuids(), st.text(max_size=3)),
 )
 
 
