@@ -1,20 +1,20 @@
 """Orphaned task results: `celery-task-meta-*` keys whose row is gone (field report 002), and
 result keys without a TTL (they get CELERY_RESULT_EXPIRES).
 
-    SCAN step (Lua) -> one findall -> one anti-join query per table -> UNLINK / EXPIRE NX (Lua)
-    `- step n+1 is read from Redis while step n is checked in PostgreSQL and applied
+    reader:  SCAN step (scan_results.lua) -> SCAN step -> ...        (up to READ_AHEAD ahead)
+    checker: BATCH steps -> one findall -> one anti-join per table -> plan
+    applier: plan -> apply_results.lua calls of <= JANITOR_SCAN_COUNT keys, each logged
+    (the reader reads batch n+1 while batch n is checked in PostgreSQL and n-1 applied)
 
 Each step is one scan_results.lua call: a SCAN of JANITOR_SCAN_COUNT and each key's expiry, in
-one packed reply, so no Redis command of the sweep does more than that many keys' work (well
-under a millisecond at the default). Never KEYS, never a query per key, no Python object per key.
+one packed reply, so no Redis command of the sweep does more than that many keys' work (under
+a millisecond at the default). Never KEYS, never a query per key, no Python object per key.
 A key is deleted only when its id names a row (taskids.py) and that row does not exist: rows
 are never re-created with an old id (uuid4), so a result found orphaned stays orphaned. Real runs
 UNLINK / EXPIRE ... NX through apply_results.lua, compare-before-delete: a key whose expiry
 changed since the SCAN step read it (re-written) or that vanished is left alone (`changed`).
-A dry run plans with the same code and carries out nothing.
-
-The reader (SCAN steps) runs ahead of the checker by at most READ_AHEAD steps; both stop at the
-key budget or the deadline, and the saved cursor is that of the last step checked and applied.
+A dry run plans with the same code and carries out nothing. Both stop at the key budget
+(JANITOR_MAX_KEYS) or the deadline; the saved cursor is that of the last step applied.
 """
 
 from __future__ import annotations
