@@ -4,14 +4,19 @@
 rest without a TTL), 900,000 scan rows, and a client doing GET/SET in a loop the whole time
 (its per-call latency is what the web app would feel):
 
-- ours: `celery_stack_core.sweeps` orphaned-results: SCAN (COUNT 1000), one pipelined TTL per
-  key and one indexed `id = ANY($ids)` query per SCAN step, UNLINK / EXPIRE NX in a pipeline;
-- naive (report 002): `KEYS celery-task-meta-*`, then one `SELECT` per key, DEL for orphans. Its
-  per-key phase takes minutes at this size: it runs for NAIVE_BUDGET seconds and its total is
-  projected from the measured rate (the table says so).
+- floor: the same client alone for FLOOR_S seconds, no sweep running: its p99 / max is what
+  this machine's scheduling and Redis's fsync (appendfsync always) cost a call anyway;
+- ours: `celery_stack_core.sweeps` orphaned-results, as the CLI runs it (JSON log lines at INFO,
+  to a file): SCAN steps of JANITOR_SCAN_COUNT keys with their expiries in one Lua call, read
+  ahead while the previous steps are checked with one `unnest($ids)` anti-join per table, then
+  UNLINK (compare-before-delete) / EXPIRE NX in Lua calls of at most JANITOR_SCAN_COUNT keys;
+- naive (report 002): `KEYS celery-task-meta-*`, then one `SELECT` per key, then one DEL of
+  the orphans found ("批量删除"). Its per-key phase takes minutes at this size: it runs for
+  NAIVE_BUDGET seconds and its total is projected from the measured rates (the table says so).
 
-Figures: total time, Redis time spent on the sweep's commands (INFO commandstats) and the
-longest single command (SLOWLOG), and the client's p99 / max latency during each sweep.
+Figures: total time, Redis time spent on the sweep's commands (INFO commandstats, commands run
+inside our scripts counted once, in the script), the longest single command (SLOWLOG: every
+command over 100 µs kept), and the client's p99 / max latency during each sweep.
 Each real run is checked: the orphans gone, every live row's result kept, TTLs set.
 """
 
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import multiprocessing
 import os
 import time
@@ -30,12 +36,28 @@ import redis.asyncio as aioredis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bench.common import BenchEnv, percentile, table, verdict
+from bench.common import BenchEnv, percentile, sized, table, verdict
 
-KEYS = int(os.environ.get("BENCH_JANITOR_KEYS", "1000000"))
+KEYS = int(os.environ.get("BENCH_JANITOR_KEYS", sized(1_000_000, 20_000)))
 LIVE = KEYS * 9 // 10
-NAIVE_BUDGET = float(os.environ.get("BENCH_JANITOR_NAIVE_BUDGET", "30"))
+NAIVE_BUDGET = float(os.environ.get("BENCH_JANITOR_NAIVE_BUDGET", sized(30, 3)))
+FLOOR_S = sized(10.0, 1.0)
+COMPARISONS = {
+    "ratio_total": (
+        "naive_total_s",
+        "ours_total_s",
+        f"orphan sweep, {KEYS:,} keys, total time: report 002 (projected) / ours",
+    ),
+    "ratio_client_max": (
+        "naive_client_max_ms",
+        "ours_client_max_ms",
+        "orphan sweep, client max latency: report 002 / ours",
+    ),
+}
+# commands our Lua scripts run: commandstats counts them again under their own names
+OUR_NESTED = ("scan", "pexpiretime", "unlink", "expire")
 PREFIX = "celery-task-meta-"
+MEASURES = ("libs/core", "bench/bench_janitor.py")
 TARGETS = {
     "ours_total_s": ("<=", 10.0, "our whole sweep, DB checks included"),
     "ours_client_max_ms": ("<=", 5.0, "the concurrent client's worst GET/SET during our sweep"),
@@ -115,23 +137,54 @@ class Probe:
         self._proc.join(10)
 
 
-async def _redis_cost(r: aioredis.Redis) -> tuple[float, float]:
-    """(seconds Redis spent on everything but the probe's GET/SET, longest command in ms)."""
+async def _redis_cost(r: aioredis.Redis, nested: tuple[str, ...] = ()) -> tuple[float, float]:
+    """(seconds Redis spent on everything but the probe's GET/SET, longest command in ms).
+    `nested`: commands that ran only inside scripts, already in the script's time."""
     stats = await r.info("commandstats")
-    busy = sum(
-        v["usec"]
-        for k, v in stats.items()
-        if k not in ("cmdstat_get", "cmdstat_set", "cmdstat_info")
-    )
-    slow = await r.slowlog_get(128)
+    skip = {"cmdstat_get", "cmdstat_set", "cmdstat_info"} | {f"cmdstat_{c}" for c in nested}
+    busy = sum(v["usec"] for k, v in stats.items() if k not in skip)
+    slow = await r.slowlog_get(-1)
     longest = max((e["duration"] for e in slow), default=0) / 1000
+    for e in sorted(slow, key=lambda e: -e["duration"])[:3]:
+        print(f"    {e['duration']} µs: {e['command'][:60]!r}", flush=True)
+    await r.config_set("slowlog-max-len", 128)
+    await r.slowlog_reset()
     return busy / 1e6, longest
 
 
 async def _reset_stats(r: aioredis.Redis) -> None:
+    """Zero the counters, once the server is quiet: no AOF rewrite (the seeding may have
+    started one) whose fork would land in either side's figures."""
+    while (await r.info("persistence"))["aof_rewrite_in_progress"]:
+        await asyncio.sleep(0.2)
     await r.config_resetstat()
     await r.slowlog_reset()
-    await r.config_set("slowlog-log-slower-than", 1000)  # µs: every command over 1 ms
+    # every command over 100 µs, all of them kept: the longest is never rolled out
+    await r.config_set("slowlog-log-slower-than", 100)
+    await r.config_set("slowlog-max-len", 1_000_000)
+
+
+def _floor(env: BenchEnv) -> dict[str, float]:
+    """The same client with no sweep running: what a call costs here anyway."""
+    with Probe(env.redis_url) as probe:
+        time.sleep(FLOOR_S)
+    return {
+        "floor_client_p99_ms": percentile(probe.latencies, 99) * 1000,
+        "floor_client_max_ms": max(probe.latencies) * 1000,
+    }
+
+
+def _json_log(env: BenchEnv) -> logging.Handler:
+    """The janitor's action lines at INFO, as JSON into a file, as the CLI writes them to stdout
+    (so their cost is in our figure)."""
+    from celery_stack_core.logs import _Formatter
+
+    handler = logging.FileHandler(env.work_dir / "janitor.log")
+    handler.setFormatter(_Formatter("janitor"))
+    logger = logging.getLogger("celery_stack.janitor")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    return handler
 
 
 async def _ours(env: BenchEnv, engine: AsyncEngine, r: aioredis.Redis) -> dict[str, float]:
@@ -140,11 +193,18 @@ async def _ours(env: BenchEnv, engine: AsyncEngine, r: aioredis.Redis) -> dict[s
 
     ctx = SweepContext(r, engine, env.settings())
     await _reset_stats(r)
-    with Probe(env.redis_url) as probe:
-        t = time.perf_counter()
-        (report,) = await sweeps.run(ctx, ["orphaned-results"], dry_run=False)
-        total = time.perf_counter() - t
-    busy, longest = await _redis_cost(r)
+    handler = _json_log(env)
+    try:
+        with Probe(env.redis_url) as probe:
+            t = time.perf_counter()
+            (report,) = await sweeps.run(ctx, ["orphaned-results"], dry_run=False)
+            total = time.perf_counter() - t
+    finally:
+        logging.getLogger("celery_stack.janitor").removeHandler(handler)
+        handler.close()
+    busy, longest = await _redis_cost(r, OUR_NESTED)
+    logged = (env.work_dir / "janitor.log").read_text().count(PREFIX)
+    assert logged == KEYS - LIVE + LIVE // 20, f"{logged} actions in the log"
     assert report.by_action["delete"] == KEYS - LIVE, report.as_dict()
     assert report.by_action["expire"] == LIVE // 20, report.as_dict()
     assert report.complete
@@ -152,6 +212,7 @@ async def _ours(env: BenchEnv, engine: AsyncEngine, r: aioredis.Redis) -> dict[s
     assert await r.ttl(key(20)) > 0
     return {
         "ours_total_s": total,
+        "ours_keys_per_s": KEYS / total,
         "ours_redis_busy_s": busy,
         "ours_longest_command_ms": longest,
         "ours_client_p99_ms": percentile(probe.latencies, 99) * 1000,
@@ -167,27 +228,32 @@ async def _naive(env: BenchEnv, engine: AsyncEngine, r: aioredis.Redis) -> dict[
 
     conn = await asyncpg.connect(pg_dsn(env.database_url))
     await _reset_stats(r)
-    checked = deleted = 0
+    checked = 0
+    orphans: list[str] = []
     with Probe(env.redis_url) as probe:
         t = time.perf_counter()
         # report 002's client had no timeout to hit; ours would give up after 5 s of KEYS
         slow = aioredis.Redis.from_url(env.redis_url, decode_responses=True, socket_timeout=300)
         names = await slow.keys(f"{PREFIX}*")
-        await slow.aclose()
         keys_s = time.perf_counter() - t
         for name in names:
             sid = name.removeprefix(PREFIX).removeprefix("scan-")[:36]
             if await conn.fetchval("SELECT 1 FROM scans WHERE id = $1", uuid.UUID(sid)) is None:
-                await r.delete(name)
-                deleted += 1
+                orphans.append(name)
             checked += 1
             if time.perf_counter() - t > NAIVE_BUDGET:
                 break
+        select_s = time.perf_counter() - t - keys_s
+        d = time.perf_counter()
+        if orphans:
+            await slow.delete(*orphans)  # their batch delete: one DEL of what was found
+        del_s = time.perf_counter() - d
         elapsed = time.perf_counter() - t
+        await slow.aclose()
     await conn.close()
     busy, longest = await _redis_cost(r)
-    per_key = (elapsed - keys_s) / max(1, checked)
-    projected = keys_s + per_key * len(names)
+    scale = len(names) / max(1, checked)
+    projected = keys_s + (select_s + del_s) * scale
     return {
         "naive_keys_s": keys_s,
         "naive_total_s": projected,
@@ -216,6 +282,9 @@ async def _run(env: BenchEnv) -> dict[str, float]:
             f"  seeded {KEYS:,} result keys and {LIVE:,} rows in {time.perf_counter() - t:.0f}s",
             flush=True,
         )
+        await _reset_stats(r)  # waits out the AOF rewrite the seeding started, if any
+        figures |= _floor(env)
+        print(f"  floor: {figures}", flush=True)
         figures |= await _ours(env, engine, r)
         print(f"  ours: {figures}", flush=True)
         await _seed_keys(r, LIVE + 1, KEYS)  # the orphans again, for the naive design
@@ -225,7 +294,15 @@ async def _run(env: BenchEnv) -> dict[str, float]:
         await engine.dispose()
     rows = [
         [
-            "ours (SCAN + batched checks)",
+            f"client alone, no sweep ({FLOOR_S:.0f} s): the floor",
+            float("nan"),
+            float("nan"),
+            float("nan"),
+            figures["floor_client_p99_ms"],
+            figures["floor_client_max_ms"],
+        ],
+        [
+            "ours (SCAN steps read ahead + batched checks)",
             figures["ours_total_s"],
             figures["ours_redis_busy_s"],
             figures["ours_longest_command_ms"],
@@ -244,7 +321,8 @@ async def _run(env: BenchEnv) -> dict[str, float]:
     ]
     print(
         table(
-            f"orphan sweep: {KEYS:,} result keys, {KEYS - LIVE:,} orphaned",
+            f"orphan sweep: {KEYS:,} result keys, {KEYS - LIVE:,} orphaned; ours "
+            f"{figures['ours_keys_per_s']:,.0f} keys/s",
             [
                 "design",
                 "total s",
@@ -256,7 +334,9 @@ async def _run(env: BenchEnv) -> dict[str, float]:
             rows,
         )
     )
-    figures["ratio_total"] = figures["naive_total_s"] / figures["ours_total_s"]
+    for key, (num, den, what) in COMPARISONS.items():
+        figures[key] = figures[num] / figures[den]
+        print(f"  {what}: {figures[key]:.1f}x")
     for name, (op, bound, what) in TARGETS.items():
         ok = figures[name] <= bound if op == "<=" else figures[name] >= bound
         print(f"target {name} {op} {bound} ({what}): {figures[name]:.2f} {verdict(ok)}")

@@ -14,9 +14,17 @@ import re
 import uuid
 from dataclasses import dataclass
 
-_SCAN = re.compile(r"^scan-([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})-(\d+)$")
-_JOB = re.compile(r"^janitor-job-([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$")
+_UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+_SCAN = re.compile(rf"^scan-({_UUID})-(\d+)$")
+_JOB = re.compile(rf"^janitor-job-({_UUID})$")
 RESULT_PREFIX = "celery-task-meta-"
+# The same two forms, matched in bulk over scan_results.lua's packed lines "<result key> <expiry>"
+# (one findall per SCAN step instead of a parse and a UUID object per key). Groups: the key, the
+# scan id, the job id, the expiry. A line that does not match is not about a row: never deleted.
+PACKED_ROW_RESULTS = re.compile(
+    rf"^({re.escape(RESULT_PREFIX)}(?:scan-({_UUID})-\d+|janitor-job-({_UUID}))) (-?\d+)$",
+    re.MULTILINE,
+)
 
 
 @dataclass(frozen=True)
