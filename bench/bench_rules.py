@@ -3,7 +3,8 @@
 A coupon table of ROWS rows, ELIGIBLE of them past their expiry (spread over the table);
 both expire exactly those rows, on the same servers (PostgreSQL with fsync on):
 
-- ours: the shipped `check-expired-coupons` rule (transition): batches of BATCH rows, each
+- ours: the shipped `check-expired-coupons` rule (transition) with its shipped batch size
+  (rules/defaults.py; BENCH_RULES_BATCH overrides it), each
   `UPDATE ... FROM (SELECT ... ORDER BY expires_at LIMIT n FOR UPDATE SKIP LOCKED)` in its own
   transaction;
 - report 003's style: the SQLAlchemy ORM loads every expired coupon, sets status and
@@ -34,7 +35,7 @@ from bench.common import BenchEnv, pg_dsn, table, verdict
 
 ROWS = int(os.environ.get("BENCH_RULES_ROWS", "1000000"))
 ELIGIBLE_SHARE = 0.3
-BATCH = 2000
+BATCH = int(os.environ.get("BENCH_RULES_BATCH", "0"))  # 0: the shipped batch size
 TARGET_RATIO = 20.0
 TARGET_WRITER_WAIT_MS = 100.0
 COMPARISONS = {
@@ -153,7 +154,8 @@ async def _bound(env: BenchEnv, engine: AsyncEngine) -> Any:
 
     settings = env.settings(
         MAINTENANCE_RULE_OVERRIDES={
-            "check-expired-coupons": {"batch_size": BATCH, "max_batches": 100_000}
+            "check-expired-coupons": {"max_batches": 100_000}
+            | ({"batch_size": BATCH} if BATCH else {})
         }
     )
     rules = [r for r in load_rules(settings) if r.name == "check-expired-coupons"]
