@@ -190,6 +190,10 @@ class ApiSettings(_Group):
     )
     # Larger request bodies are refused with 413 before they are read.
     max_body_bytes: int = Field(default=64 * 1024, ge=1024, validation_alias="API_MAX_BODY_BYTES")
+    # The same for POST /api/v1/views:batch, whose 10,000 items take up to about 600 KB.
+    batch_max_body_bytes: int = Field(
+        default=1024 * 1024, ge=1024, validation_alias="API_BATCH_MAX_BODY_BYTES"
+    )
 
     @field_validator("tokens", mode="before")
     @classmethod

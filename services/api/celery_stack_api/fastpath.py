@@ -229,7 +229,7 @@ def _viewer(body: bytes) -> str | bool | None:
 
 async def _read_body(receive: Receive) -> bytes:
     """The whole body; the server holds it to its Content-Length (at most _MAX_BODY for a view;
-    for a batch, API_MAX_BODY_BYTES, which BodyLimit checks before this runs)."""
+    for a batch, API_BATCH_MAX_BODY_BYTES, which BodyLimit checks before this runs)."""
     chunks: list[bytes] = []
     while True:
         message = await receive()

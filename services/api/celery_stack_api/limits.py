@@ -6,19 +6,25 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
 class BodyLimit:
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    """Refuses a body over `max_bytes` (or its path's own limit in `per_path`) with 413."""
+
+    def __init__(
+        self, app: ASGIApp, max_bytes: int, per_path: dict[str, int] | None = None
+    ) -> None:
         self.app = app
-        self.max_bytes = max_bytes
+        self.default = max_bytes
+        self.per_path = per_path or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        max_bytes = self.per_path.get(scope["path"], self.default)
         length = next((v for k, v in scope.get("headers", ()) if k == b"content-length"), None)
         if length is not None:
             # The server enforces Content-Length itself; only its value needs checking.
-            if length.isdigit() and int(length) > self.max_bytes:
-                await _too_large(send, self.max_bytes)
+            if length.isdigit() and int(length) > max_bytes:
+                await _too_large(send, max_bytes)
                 return
             await self.app(scope, receive, send)
             return
@@ -31,8 +37,8 @@ class BodyLimit:
             if message["type"] != "http.request":
                 break
             seen += len(message.get("body", b""))
-            if seen > self.max_bytes:
-                await _too_large(send, self.max_bytes)
+            if seen > max_bytes:
+                await _too_large(send, max_bytes)
                 return
             if not message.get("more_body", False):
                 break

@@ -12,7 +12,7 @@ from celery_stack_api import errors, openapi
 from celery_stack_api.auth import TokenTable
 from celery_stack_api.counting import NotFound, Unavailable
 from celery_stack_api.docs import install_offline_docs
-from celery_stack_api.fastpath import ViewFastPath
+from celery_stack_api.fastpath import BATCH_PATH, ViewFastPath
 from celery_stack_api.http_metrics import HttpMetrics
 from celery_stack_api.limits import BodyLimit
 from celery_stack_api.routes import content, counters, examples, health, maintenance, rules, scans
@@ -102,6 +102,10 @@ def create_app(settings: Settings | None = None, *, view_fast_path: bool = True)
     # The last added is the outermost: the size limit first (nothing reads a larger body),
     # then the text rule, so the fast path above sees only acceptable text too.
     app.add_middleware(errors.TextGuard)
-    app.add_middleware(BodyLimit, max_bytes=settings.api.max_body_bytes)
+    app.add_middleware(
+        BodyLimit,
+        max_bytes=settings.api.max_body_bytes,
+        per_path={BATCH_PATH: settings.api.batch_max_body_bytes},
+    )
     app.add_middleware(HttpMetrics)  # outermost: every answer is counted, 413s too
     return app

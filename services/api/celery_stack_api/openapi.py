@@ -25,7 +25,7 @@ DESCRIPTIONS = {
     404: "No such resource, or not one this user may see.",
     405: "Not allowed on this resource.",
     409: "The resource's state does not allow this.",
-    413: "The body is larger than API_MAX_BODY_BYTES.",
+    413: "The body is larger than API_MAX_BODY_BYTES (views:batch: API_BATCH_MAX_BODY_BYTES).",
     422: "Invalid request: `errors` lists each invalid field.",
     503: "A backing store is unreachable; retry after Retry-After seconds.",
 }

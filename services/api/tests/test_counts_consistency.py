@@ -137,6 +137,29 @@ async def test_view_batch_bad_input_is_422_and_writes_nothing(api, post_id, redi
     assert r.status_code == 401
 
 
+async def test_a_full_view_batch_fits_its_body_limit_and_other_routes_keep_theirs(
+    api, post_id, redis, settings
+):
+    """The route takes 10,000 items; at ~45 bytes each that is over API_MAX_BODY_BYTES (64 KiB),
+    so views:batch has its own limit (API_BATCH_MAX_BODY_BYTES) and every other route keeps the
+    small one."""
+    items = [{"target": "post", "id": post_id, "count": 1}] * 10_000
+    r = await api.post("/api/v1/views:batch", json={"items": items})
+    assert r.status_code == 202, r.text[:300]
+    assert r.json()["accepted"] == 10_000
+    over = b"x" * (settings.api.batch_max_body_bytes + 1)
+    r = await api.post(
+        "/api/v1/views:batch", content=over, headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 413
+    r = await api.post(
+        "/api/v1/posts",
+        content=b"x" * (settings.api.max_body_bytes + 1),
+        headers={"content-type": "application/json"},
+    )
+    assert r.status_code == 413
+
+
 def test_view_batch_targets_are_the_viewed_ones():
     from typing import get_args, get_type_hints
 
