@@ -6,6 +6,9 @@ rest without a TTL), 900,000 scan rows, and a client doing GET/SET in a loop the
 
 - floor: the same client alone for FLOOR_S seconds, no sweep running: its p99 / max is what
   this machine's scheduling and Redis's fsync (appendfsync always) cost a call anyway;
+- busy floor: the same client for FLOOR_S seconds while one spinning process per core burns
+  CPU and never touches Redis: what a machine with no idle core does to the client's tail,
+  whatever the busy work is (our sweep keeps Python, PostgreSQL and Redis busy on this box);
 - ours: `celery_stack_core.sweeps` orphaned-results, as the CLI runs it (JSON log lines at INFO,
   to a file): SCAN steps of JANITOR_SCAN_COUNT keys with their expiries in one Lua call, read
   ahead while the previous steps are checked with one `unnest($ids)` anti-join per table, then
@@ -174,6 +177,31 @@ def _floor(env: BenchEnv) -> dict[str, float]:
     }
 
 
+def _spin(stop: Any) -> None:
+    while not stop.is_set():
+        sum(range(10_000))
+
+
+def _busy_floor(env: BenchEnv) -> dict[str, float]:
+    """The same client while every core is busy with work that never touches Redis."""
+    ctx = multiprocessing.get_context("spawn")
+    stop = ctx.Event()
+    spinners = [ctx.Process(target=_spin, args=(stop,)) for _ in range(os.cpu_count() or 1)]
+    for proc in spinners:
+        proc.start()
+    try:
+        with Probe(env.redis_url) as probe:
+            time.sleep(FLOOR_S)
+    finally:
+        stop.set()
+        for proc in spinners:
+            proc.join(10)
+    return {
+        "busy_floor_client_p99_ms": percentile(probe.latencies, 99) * 1000,
+        "busy_floor_client_max_ms": max(probe.latencies) * 1000,
+    }
+
+
 def _json_log(env: BenchEnv) -> logging.Handler:
     """The janitor's action lines at INFO, as JSON into a file, as the CLI writes them to stdout
     (so their cost is in our figure)."""
@@ -284,7 +312,8 @@ async def _run(env: BenchEnv) -> dict[str, float]:
         )
         await _reset_stats(r)  # waits out the AOF rewrite the seeding started, if any
         figures |= _floor(env)
-        print(f"  floor: {figures}", flush=True)
+        figures |= _busy_floor(env)
+        print(f"  floors: {figures}", flush=True)
         figures |= await _ours(env, engine, r)
         print(f"  ours: {figures}", flush=True)
         await _seed_keys(r, LIVE + 1, KEYS)  # the orphans again, for the naive design
@@ -300,6 +329,14 @@ async def _run(env: BenchEnv) -> dict[str, float]:
             float("nan"),
             figures["floor_client_p99_ms"],
             figures["floor_client_max_ms"],
+        ],
+        [
+            f"client, every core spinning, no sweep ({FLOOR_S:.0f} s): the busy floor",
+            float("nan"),
+            float("nan"),
+            float("nan"),
+            figures["busy_floor_client_p99_ms"],
+            figures["busy_floor_client_max_ms"],
         ],
         [
             "ours (SCAN steps read ahead + batched checks)",
