@@ -56,6 +56,11 @@ COMPARISONS = {
         "ours_client_max_ms",
         "orphan sweep, client max latency: report 002 / ours",
     ),
+    "ours_over_busy_floor_client_max": (
+        "ours_client_max_ms",
+        "busy_floor_client_max_ms",
+        "client max latency: during our sweep / with every core spinning (no Redis work)",
+    ),
 }
 # commands our Lua scripts run: commandstats counts them again under their own names
 OUR_NESTED = ("scan", "pexpiretime", "unlink", "expire")
