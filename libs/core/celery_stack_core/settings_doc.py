@@ -8,6 +8,7 @@ settings groups (their docstring names them); per-queue variables come from the 
 from __future__ import annotations
 
 import ast
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,11 +28,23 @@ class Knob:
     doc: str
 
 
+@functools.cache
+def _tree() -> ast.Module:
+    source = SOURCE.read_text()
+    try:
+        return ast.parse(source)
+    except SystemError:
+        # CPython 3.11 keeps the AST converter's recursion depth in state shared by threads; a
+        # thread converting at the same moment trips its "recursion depth mismatch" check
+        # (gh-106905, fixed in later releases). The source is fine: converting again succeeds.
+        return ast.parse(source)
+
+
 def _comments(cls: type[BaseModel]) -> dict[str, str]:
     """Field -> the comment block above it; a block above a run of fields with no blank line
     between them documents the whole run."""
     lines = SOURCE.read_text().splitlines()
-    tree = ast.parse(SOURCE.read_text())
+    tree = _tree()
     node = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == cls.__name__)
     out: dict[str, str] = {}
     for field in node.body:
