@@ -550,3 +550,42 @@ async def test_a_rollups_batches_never_overlap(clean_db):
         assert not second.done()  # waits for the first batch's COMMIT
         release.set()
         await asyncio.wait_for(asyncio.gather(first, second), 10)
+
+
+async def test_a_run_exports_rows_batches_duration_and_lag(clean_db):
+    """Metrics of a run: rows changed, batches, one duration observation, and the lag (age
+    of the oldest row still due when the run stops at max_batches)."""
+    from prometheus_client import REGISTRY
+
+    name = "check-expired-coupons"
+    rules = await bound_defaults(clean_db, **{name: {"batch_size": 3, "max_batches": 1}})
+    await exec_(
+        clean_db,
+        "INSERT INTO coupons (code, expires_at) "
+        "SELECT 'c' || i, CAST(:t0 AS timestamptz) + i * interval '1 second' FROM generate_series(1, 6) i",
+        t0=T0,
+    )
+
+    def sample(metric):
+        return REGISTRY.get_sample_value(metric, {"rule": name}) or 0.0
+
+    before = {
+        m: sample(m)
+        for m in (
+            "celery_stack_rule_rows_total",
+            "celery_stack_rule_batches_total",
+            "celery_stack_rule_duration_seconds_count",
+        )
+    }
+    result = await run_rule(clean_db, rules[name], now=at(10))
+    assert (result.rows, result.batches) == (3, 1)
+    assert result.lag == 6.0  # c4 was due at 4 s and is still active at 10 s
+    assert sample("celery_stack_rule_rows_total") - before["celery_stack_rule_rows_total"] == 3
+    assert (
+        sample("celery_stack_rule_batches_total") - before["celery_stack_rule_batches_total"] == 1
+    )
+    count = "celery_stack_rule_duration_seconds_count"
+    assert sample(count) - before[count] == 1
+    assert sample("celery_stack_rule_lag_seconds") == 6.0
+    await run_rule(clean_db, rules[name], now=at(10))
+    assert sample("celery_stack_rule_lag_seconds") == 0.0  # caught up
