@@ -301,6 +301,49 @@ def test_malformed_rules_name_the_field(change, message):
         build_rules(defaults=False, overrides={}, extra=[raw])
 
 
+ROLLUP = {
+    "name": "my-rollup",
+    "kind": "rollup",
+    "every": 60,
+    "target": "user_statistics",
+    "target_key": "user_id",
+    "keys_from": [{"table": "chats", "column": "user_id"}],
+    "aggregates": [{"column": "chats", "function": "count", "table": "chats", "key": "user_id"}],
+}
+WARNING = {
+    "name": "my-warning",
+    "kind": "warning",
+    "every": 30,
+    "table": "chats",
+    "timestamp": "last_message_at",
+    "after": 600,
+    "window": 120,
+    "statuses": ["active"],
+    "message": "ends soon",
+}
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (
+            {**ROLLUP, "aggregates": [{**ROLLUP["aggregates"][0], "function": "sum"}]},
+            r"\(rule 'my-rollup'\)\.aggregates\.0: .*function 'sum' needs 'of'",
+        ),
+        (
+            {**ROLLUP, "keys_from": [{"table": "chats"}]},
+            r"\(rule 'my-rollup'\)\.keys_from\.0\.column: Field required",
+        ),
+        ({**ROLLUP, "incremental": "sometimes"}, r"\(rule 'my-rollup'\)\.incremental: "),
+        ({**WARNING, "window": 900}, r"'window' must not exceed 'after'"),
+        ({**WARNING, "message": ""}, r"\(rule 'my-warning'\)\.message: "),
+    ],
+)
+def test_malformed_rules_of_each_kind_name_the_field(raw, message):
+    with pytest.raises(RuleConfigError, match=message):
+        build_rules(defaults=False, overrides={}, extra=[raw])
+
+
 def test_overrides_of_unknown_rules_are_refused():
     with pytest.raises(RuleConfigError, match="do not exist: \\['nope'\\]"):
         load_rules(Settings(MAINTENANCE_RULE_OVERRIDES={"nope": {"every": 1}}))

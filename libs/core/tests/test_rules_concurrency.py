@@ -159,6 +159,7 @@ async def test_four_runners_never_do_anything_twice(settings, audited, tmp_path)
     assert await scalar(engine, "SELECT count(*) FROM rule_audit WHERE tbl = 'coupons'") == 1000
     # deductions: each grant once; the balances lost exactly the points that expired
     assert rows["check-expired-points"] == 400
+    assert await scalar(engine, "SELECT count(*) FROM rule_audit WHERE tbl = 'point_grants'") == 400
     assert await scalar(engine, "SELECT sum(balance) FROM point_balances") == 50 * 1000 - grants_due
     # warnings: one per idle chat, one outbox message each
     assert rows["send-timeout-warnings"] == 150
