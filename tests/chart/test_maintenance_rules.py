@@ -1,12 +1,13 @@
 """The chart carries the maintenance rules: values -> ConfigMap env -> the same rule set the
-worker and beat load (operators add rules without code); malformed rules are refused by the
-schema at render time."""
+worker and beat load, and beat's entries for them (operators add rules without code);
+malformed rules are refused by the schema at render time."""
 
 from __future__ import annotations
 
 import pytest
 from chartlib import RenderError, one, render_chart
 
+from celery_stack_beat.schedule import schedule
 from celery_stack_core.config import Settings
 from celery_stack_core.rules import load_rules
 
@@ -50,6 +51,14 @@ def test_custom_rules_and_overrides_reach_the_services():
         60,
         2000,
     )
+    # ... and beat's entries, from the same rendered env: one per rule, with its schedule
+    entries = {e.name: e for e in schedule(settings) if e.task.startswith("maintenance.rule.")}
+    assert set(entries) == set(rules)
+    assert (entries["expire-vouchers"].cron, entries["expire-vouchers"].task) == (
+        "*/5 * * * *",
+        "maintenance.rule.expire-vouchers",
+    )
+    assert entries["check-expired-coupons"].every == 60
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -17,6 +18,10 @@ from celery_stack_devstack.pytest_plugin import wait_until
 from celery_stack_devstack.servers import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+
+
+def at(iso: str) -> datetime:
+    return datetime.fromisoformat(iso)
 
 
 def free_port_run(n: int) -> int:
@@ -91,16 +96,48 @@ def test_local_stack_starts_and_stops_cleanly():
             return r["counts"]["views"] == 1
 
         wait_until(flushed, 60, what="the view counted")
-        # the maintenance-rules demo of the README: a coupon expires within seconds
+        # the maintenance-rules demo of the README: a coupon created to expire in 10 s is
+        # seen active, then expired by its rule (every 3 s under make run)
+        e = f"{base}/api/v1/examples"
         coupon = httpx.post(
-            f"{base}/api/v1/examples/coupons", json={"code": "demo", "expires_in": 2}, headers=h
-        ).json()["id"]
+            f"{e}/coupons", json={"code": "demo-10s", "expires_in": 10}, headers=h
+        ).json()
+        assert coupon["status"] == "active"
 
-        def expired():
-            r = httpx.get(f"{base}/api/v1/examples/coupons/{coupon}", headers=h).json()
-            return r["status"] == "expired"
+        def example(kind, key):
+            return httpx.get(f"{e}/{kind}/{key}", headers=h).json()
 
-        wait_until(expired, 60, what="the demo coupon expired by its rule")
+        wait_until(
+            lambda: example("coupons", coupon["id"])["status"] == "expired",
+            60,
+            what="the demo coupon expired by its rule",
+        )
+        seen = example("coupons", coupon["id"])
+        assert at(seen["expired_at"]) >= at(coupon["expires_at"])
+        # ... and an idle chat: assigned to the agent, warned once (20 s idle), ended (40 s)
+        agent = httpx.post(f"{e}/agents", json={"name": "ann", "capacity": 2}, headers=h).json()
+        chat = httpx.post(f"{e}/chats", json={"user_id": "carl"}, headers=h).json()["id"]
+        wait_until(
+            lambda: example("chats", chat)["status"] == "active", 60, what="the chat assigned"
+        )
+        assert example("chats", chat)["agent_id"] == agent["id"]
+
+        def warnings():
+            rows = httpx.get(f"{e}/rule-notifications", headers=h).json()
+            return [r for r in rows if r["row_key"] == str(chat)]
+
+        wait_until(lambda: warnings(), 60, what="the idle chat's warning")
+        (warning,) = warnings()
+        assert example("chats", chat)["status"] == "active"  # warned before it ends
+        wait_until(
+            lambda: example("chats", chat)["status"] == "ended", 60, what="the idle chat ended"
+        )
+        ended = example("chats", chat)
+        (warning,) = warnings()  # still exactly one
+        assert warning["rule"] == "send-timeout-warnings" and warning["recipient"] == "carl"
+        # warned before its deadline, ended at (or after) it: never a warning after the end
+        assert at(warning["created_at"]) < at(warning["deadline"]) <= at(ended["ended_at"])
+        assert warning["delivered_at"] is not None  # through the outbox
         assert (run_dir / "postgres" / "PG_VERSION").exists() and (run_dir / "redis").exists()
     finally:
         proc.send_signal(signal.SIGINT)

@@ -478,3 +478,26 @@ class RuleRun(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     started_at: Mapped[datetime] = _created()
     finished_at: Mapped[datetime | None] = _ts()
+
+
+class RollupChange(Base):
+    """A key whose source rows changed, for one incremental rollup rule: written by the trigger
+    function `celery_stack_rollup_mark(rule, column, ...)` on the source tables (migration
+    0008), consumed (deleted) by the rule in the transaction that recomputes the key."""
+
+    __tablename__ = "rollup_changes"
+    __table_args__ = (Index("ix_rollup_changes_rule_key", "rule", "key"),)
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    rule: Mapped[str] = mapped_column(Text, nullable=False)
+    key: Mapped[str] = mapped_column(Text, nullable=False)
+    created_at: Mapped[datetime] = _created()
+
+
+class RollupState(Base):
+    """An incremental rollup's one full pass: until its row exists the rule recomputes every
+    key (the changes before its triggers existed are in no log); after, only changed keys.
+    Deleting the row asks for another full pass."""
+
+    __tablename__ = "rollup_state"
+    rule: Mapped[str] = mapped_column(Text, primary_key=True)
+    full_pass_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)

@@ -301,6 +301,49 @@ def test_malformed_rules_name_the_field(change, message):
         build_rules(defaults=False, overrides={}, extra=[raw])
 
 
+ROLLUP = {
+    "name": "my-rollup",
+    "kind": "rollup",
+    "every": 60,
+    "target": "user_statistics",
+    "target_key": "user_id",
+    "keys_from": [{"table": "chats", "column": "user_id"}],
+    "aggregates": [{"column": "chats", "function": "count", "table": "chats", "key": "user_id"}],
+}
+WARNING = {
+    "name": "my-warning",
+    "kind": "warning",
+    "every": 30,
+    "table": "chats",
+    "timestamp": "last_message_at",
+    "after": 600,
+    "window": 120,
+    "statuses": ["active"],
+    "message": "ends soon",
+}
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (
+            {**ROLLUP, "aggregates": [{**ROLLUP["aggregates"][0], "function": "sum"}]},
+            r"\(rule 'my-rollup'\)\.aggregates\.0: .*function 'sum' needs 'of'",
+        ),
+        (
+            {**ROLLUP, "keys_from": [{"table": "chats"}]},
+            r"\(rule 'my-rollup'\)\.keys_from\.0\.column: Field required",
+        ),
+        ({**ROLLUP, "incremental": "sometimes"}, r"\(rule 'my-rollup'\)\.incremental: "),
+        ({**WARNING, "window": 900}, r"'window' must not exceed 'after'"),
+        ({**WARNING, "message": ""}, r"\(rule 'my-warning'\)\.message: "),
+    ],
+)
+def test_malformed_rules_of_each_kind_name_the_field(raw, message):
+    with pytest.raises(RuleConfigError, match=message):
+        build_rules(defaults=False, overrides={}, extra=[raw])
+
+
 def test_overrides_of_unknown_rules_are_refused():
     with pytest.raises(RuleConfigError, match="do not exist: \\['nope'\\]"):
         load_rules(Settings(MAINTENANCE_RULE_OVERRIDES={"nope": {"every": 1}}))
@@ -376,3 +419,216 @@ async def test_only_transient_errors_are_retried(clean_db, monkeypatch):
     with pytest.raises(IntegrityError):
         await run_rule(clean_db, coupons, now=at(1))
     assert calls == ["IntegrityError"]  # not retried
+
+
+# --- incremental rollups ---------------------------------------------------------------------
+
+
+async def test_incremental_rollup_recomputes_only_the_changed_keys(clean_db):
+    """After one full pass, a run recomputes only the keys the triggers logged: a target row
+    no source change points at is not even read (a value planted there survives), a key whose
+    rows all left gets zeros, and running twice changes nothing."""
+    from celery_stack_core.rules.engine import measure_lag
+
+    rules = await bound_defaults(clean_db, **{"update-all-users-statistics": {"batch_size": 2}})
+    stats = rules["update-all-users-statistics"]
+    assert stats.rule.incremental
+    await exec_(clean_db, "INSERT INTO agents (name) VALUES ('a')")
+    await exec_(clean_db, "INSERT INTO chats (user_id) VALUES ('u1'), ('u1'), ('u2')")
+    await exec_(
+        clean_db,
+        "INSERT INTO chat_messages (chat_id, sender_id, body) VALUES (1, 'u1', 'x'), (3, 'u4', 'w')",
+    )
+    await exec_(
+        clean_db,
+        "INSERT INTO marketplace_tasks (poster_id, title, deadline_at) VALUES ('u5', 't', :t)",
+        t=T0,
+    )
+    first = await run_rule(clean_db, stats, now=at(1))  # the full pass
+    assert first.rows == 4
+    assert (await q(clean_db, "SELECT rule FROM rollup_state"))[0][0] == stats.rule.name
+    # the changes logged before (and during) the full pass: recomputed, nothing differs
+    assert (await run_rule(clean_db, stats, now=at(2))).rows == 0
+    assert (await q(clean_db, "SELECT count(*) FROM rollup_changes"))[0][0] == 0
+
+    # a planted value on a key nothing changes: an incremental run does not look at it
+    await exec_(clean_db, "UPDATE user_statistics SET chats = 99 WHERE user_id = 'u1'")
+    await exec_(clean_db, "INSERT INTO chats (user_id) VALUES ('u3')")  # u3: new key
+    await exec_(clean_db, "DELETE FROM chat_messages WHERE sender_id = 'u4'")  # u4: no rows left
+    await exec_(clean_db, "UPDATE chats SET user_id = 'u7' WHERE user_id = 'u2'")  # u2 -> u7
+    await exec_(clean_db, "UPDATE chats SET status = 'ended' WHERE user_id = 'u3'")  # not logged
+    lag = await measure_lag(clean_db, stats, datetime.now(UTC) + timedelta(seconds=60))
+    assert lag >= 60  # the oldest change not yet rolled up
+    third = await run_rule(clean_db, stats, now=at(3))
+    assert third.rows == 4  # u2, u3, u4, u7
+    assert third.lag == 0
+    got = {
+        r[0]: tuple(r[1:])
+        for r in await q(
+            clean_db, "SELECT user_id, chats, messages, tasks_posted FROM user_statistics"
+        )
+    }
+    assert got == {
+        "u1": (99, 1, 0),  # not recomputed: no source row of u1 changed
+        "u2": (0, 0, 0),
+        "u3": (1, 0, 0),
+        "u4": (0, 0, 0),
+        "u5": (0, 0, 1),
+        "u7": (1, 0, 0),
+    }
+    before = await q(clean_db, "SELECT user_id, xmin::text FROM user_statistics ORDER BY 1")
+    assert (await run_rule(clean_db, stats, now=at(4))).rows == 0
+    after = await q(clean_db, "SELECT user_id, xmin::text FROM user_statistics ORDER BY 1")
+    assert before == after
+
+    # deleting the rule's state asks for a full pass: it repairs u1
+    await exec_(clean_db, "DELETE FROM rollup_state")
+    assert (await run_rule(clean_db, stats, now=at(5))).rows == 1
+    assert (await q(clean_db, "SELECT chats FROM user_statistics WHERE user_id = 'u1'"))[0][0] == 2
+
+
+async def test_incremental_expert_rollup_follows_responses(clean_db):
+    rules = await bound_defaults(clean_db)
+    experts = rules["update-featured-task-experts-response-time"]
+    await exec_(
+        clean_db,
+        "INSERT INTO marketplace_tasks (poster_id, expert_id, title, deadline_at, response_seconds) "
+        "VALUES ('p', 'e1', 't', :t, 10), ('p', 'e1', 't', :t, NULL), ('p', 'e2', 't', :t, 5)",
+        t=T0,
+    )
+    assert (await run_rule(clean_db, experts, now=at(1))).rows == 2  # the full pass
+    await exec_(clean_db, "DELETE FROM rollup_changes")  # the inserts' (both rules)
+    await exec_(clean_db, "UPDATE marketplace_tasks SET response_seconds = 30 WHERE id = 2")
+    await exec_(clean_db, "UPDATE marketplace_tasks SET expert_id = 'e3' WHERE id = 3")
+    # the user statistics rule logs nothing for these columns
+    logged = await q(clean_db, "SELECT DISTINCT rule, key FROM rollup_changes ORDER BY 2")
+    assert [tuple(r) for r in logged] == [
+        ("update-featured-task-experts-response-time", "e1"),
+        ("update-featured-task-experts-response-time", "e2"),
+        ("update-featured-task-experts-response-time", "e3"),
+    ]
+    assert (await run_rule(clean_db, experts, now=at(2))).rows == 3
+    rows = await q(clean_db, "SELECT expert_id, tasks, avg_response_seconds FROM expert_stats")
+    assert sorted(tuple(r) for r in rows) == [("e1", 2, 20.0), ("e2", 0, None), ("e3", 1, 5.0)]
+    assert (await run_rule(clean_db, experts, now=at(3))).rows == 0
+
+
+MINE_ROLLUP = {
+    "name": "coupons-per-user",
+    "kind": "rollup",
+    "every": 60,
+    "target": "user_statistics",
+    "target_key": "user_id",
+    "keys_from": [{"table": "coupons", "column": "user_id"}],
+    "aggregates": [
+        {
+            "column": "tasks_posted",
+            "function": "count",
+            "table": "coupons",
+            "key": "user_id",
+            "guards": [{"column": "status", "op": "eq", "value": "active"}],
+        }
+    ],
+    "incremental": True,
+}
+
+
+async def test_an_incremental_rollup_without_its_trigger_is_refused_at_bind(clean_db):
+    """The boot error names the field and prints the trigger to create; once created (with
+    the columns the aggregates read), the rule binds and runs incrementally."""
+    rules = build_rules(defaults=False, overrides={}, extra=[MINE_ROLLUP])
+    with pytest.raises(RuleConfigError) as refused:
+        await bind(clean_db, rules)
+    message = str(refused.value)
+    assert message.startswith(
+        "rule 'coupons-per-user': field 'incremental': no trigger on 'coupons' logs changes "
+        "of 'user_id' for this rule"
+    )
+    create = message.split("create it: ")[1]
+    try:
+        # a trigger that misses a column the guard reads is not enough
+        await exec_(clean_db, create.replace("OF status, user_id", "OF user_id"))
+        with pytest.raises(RuleConfigError, match="field 'incremental'"):
+            await bind(clean_db, rules)
+        await exec_(clean_db, 'DROP TRIGGER "rollup_coupons-per-user" ON coupons')
+        await exec_(clean_db, create)
+        (mine,) = await bind(clean_db, rules)
+        await exec_(
+            clean_db,
+            "INSERT INTO coupons (code, user_id, expires_at) VALUES ('a', 'u1', :t), ('b', 'u1', :t)",
+            t=T0,
+        )
+        assert (await run_rule(clean_db, mine, now=at(1))).rows == 1  # full pass
+        await exec_(clean_db, "UPDATE coupons SET status = 'used' WHERE code = 'a'")
+        assert (await run_rule(clean_db, mine, now=at(2))).rows == 1
+        got = await q(clean_db, "SELECT tasks_posted FROM user_statistics WHERE user_id = 'u1'")
+        assert got[0][0] == 1
+    finally:
+        await exec_(clean_db, 'DROP TRIGGER IF EXISTS "rollup_coupons-per-user" ON coupons')
+
+
+async def test_a_rollups_batches_never_overlap(clean_db):
+    """Two runners of one rollup take turns per batch (an advisory lock in the batch's
+    transaction). Overlapping, the one with the older snapshot could write a key last, and
+    an incremental rule would not look at that key again until it changes."""
+    import asyncio
+
+    from celery_stack_core.hooks import HOOKS
+
+    rules = await bound_defaults(clean_db)
+    stats = rules["update-all-users-statistics"]
+    await run_rule(clean_db, stats, now=at(0))  # the full pass: from now on incremental
+    held, release = asyncio.Event(), asyncio.Event()
+
+    async def hold_first(step, rule, rows):
+        if not held.is_set():
+            held.set()
+            await release.wait()
+
+    with HOOKS.installed("rules", hold_first):
+        first = asyncio.create_task(run_rule(clean_db, stats, now=at(1)))
+        await asyncio.wait_for(held.wait(), 10)
+        second = asyncio.create_task(run_rule(clean_db, stats, now=at(1)))
+        await asyncio.sleep(0.5)
+        assert not second.done()  # waits for the first batch's COMMIT
+        release.set()
+        await asyncio.wait_for(asyncio.gather(first, second), 10)
+
+
+async def test_a_run_exports_rows_batches_duration_and_lag(clean_db):
+    """Metrics of a run: rows changed, batches, one duration observation, and the lag (age
+    of the oldest row still due when the run stops at max_batches)."""
+    from prometheus_client import REGISTRY
+
+    name = "check-expired-coupons"
+    rules = await bound_defaults(clean_db, **{name: {"batch_size": 3, "max_batches": 1}})
+    await exec_(
+        clean_db,
+        "INSERT INTO coupons (code, expires_at) "
+        "SELECT 'c' || i, CAST(:t0 AS timestamptz) + i * interval '1 second' FROM generate_series(1, 6) i",
+        t0=T0,
+    )
+
+    def sample(metric):
+        return REGISTRY.get_sample_value(metric, {"rule": name}) or 0.0
+
+    before = {
+        m: sample(m)
+        for m in (
+            "celery_stack_rule_rows_total",
+            "celery_stack_rule_batches_total",
+            "celery_stack_rule_duration_seconds_count",
+        )
+    }
+    result = await run_rule(clean_db, rules[name], now=at(10))
+    assert (result.rows, result.batches) == (3, 1)
+    assert result.lag == 6.0  # c4 was due at 4 s and is still active at 10 s
+    assert sample("celery_stack_rule_rows_total") - before["celery_stack_rule_rows_total"] == 3
+    assert (
+        sample("celery_stack_rule_batches_total") - before["celery_stack_rule_batches_total"] == 1
+    )
+    count = "celery_stack_rule_duration_seconds_count"
+    assert sample(count) - before[count] == 1
+    assert sample("celery_stack_rule_lag_seconds") == 6.0
+    await run_rule(clean_db, rules[name], now=at(10))
+    assert sample("celery_stack_rule_lag_seconds") == 0.0  # caught up

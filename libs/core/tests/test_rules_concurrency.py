@@ -75,6 +75,9 @@ async def audited(clean_db):
     async with clean_db.begin() as conn:
         for table in AUDITED:
             await conn.exec_driver_sql(f"DROP TRIGGER IF EXISTS rule_audit ON {table}")
+        # gone again: test_migrations compares the database with the models
+        await conn.exec_driver_sql("DROP FUNCTION IF EXISTS rule_audit_fn()")
+        await conn.exec_driver_sql("DROP TABLE IF EXISTS rule_audit")
 
 
 def runner(settings, rules, rounds, *extra, **env):
@@ -156,6 +159,7 @@ async def test_four_runners_never_do_anything_twice(settings, audited, tmp_path)
     assert await scalar(engine, "SELECT count(*) FROM rule_audit WHERE tbl = 'coupons'") == 1000
     # deductions: each grant once; the balances lost exactly the points that expired
     assert rows["check-expired-points"] == 400
+    assert await scalar(engine, "SELECT count(*) FROM rule_audit WHERE tbl = 'point_grants'") == 400
     assert await scalar(engine, "SELECT sum(balance) FROM point_balances") == 50 * 1000 - grants_due
     # warnings: one per idle chat, one outbox message each
     assert rows["send-timeout-warnings"] == 150

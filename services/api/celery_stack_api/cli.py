@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import typer
 
 from celery_stack_core.config import get_settings, hash_token
 from celery_stack_core.logs import configure_logging
 from celery_stack_core.rules import RuleConfigError, load_rules
+from celery_stack_core.rules.bind import check_schema
 
 app = typer.Typer(no_args_is_help=True, help="celery-stack HTTP API")
 
@@ -22,7 +25,10 @@ def serve(
     settings = get_settings()
     configure_logging("api", settings.deploy.log_level)
     try:
-        load_rules(settings)
+        rules = [r for r in load_rules(settings) if r.enabled]
+        # Against the live schema too, as the maintenance worker: a rule naming a missing
+        # table or column stops the deploy here, not its first run at 3 a.m.
+        asyncio.run(check_schema(settings, rules))
     except RuleConfigError as exc:
         typer.echo(f"celery-stack-api: invalid maintenance rules: {exc}", err=True)
         raise typer.Exit(78) from None  # EX_CONFIG, as the maintenance worker

@@ -132,3 +132,39 @@ def test_malformed_rules_stop_the_api_at_boot_naming_the_field(settings):
     assert proc.returncode == 78, proc.stderr
     assert "invalid maintenance rules" in proc.stderr and "rule 'mine'" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_rules_naming_a_missing_column_stop_the_api_at_boot(settings, clean_db):
+    """The API checks the rules against the live schema at boot, as the maintenance worker
+    does: an unknown table or column is exit code 78 with the rule and field named."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from celery_stack_devstack.pytest_plugin import env_for
+
+    rule = {
+        "name": "expire-vouchers",
+        "kind": "transition",
+        "every": 60,
+        "table": "coupons",
+        "timestamp": "valid_until",
+        "from": ["active"],
+        "to": "expired",
+    }
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "celery-stack-api"), "serve", "--port", "1"],
+        env={**os.environ, **env_for(settings), "MAINTENANCE_RULES": json.dumps([rule])},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 78, proc.stderr
+    assert (
+        "rule 'expire-vouchers': field 'timestamp': table 'coupons' has no column 'valid_until'"
+        in proc.stderr
+    )
+    assert "Traceback" not in proc.stderr

@@ -21,10 +21,9 @@ from celery import Celery, Task, signals
 
 from celery_stack_core import aio, connections, outbox
 from celery_stack_core.config import Settings
-from celery_stack_core.db import make_engine
 from celery_stack_core.rules import RuleConfigError, load_rules
 from celery_stack_core.rules import engine as rules_engine
-from celery_stack_core.rules.bind import Bound, bind
+from celery_stack_core.rules.bind import Bound, bind, check_schema
 from celery_stack_core.rules.spec import Rule
 from celery_stack_core.rules.statements import NOTIFY_TASK
 
@@ -64,13 +63,9 @@ def _refuse_taken(app: Celery, name: str) -> None:
         )
 
 
-async def check_schema(settings: Settings, rules: tuple[Rule, ...]) -> None:
-    """Bind once at boot with a throwaway engine: RuleConfigError names each bad field."""
-    engine = make_engine(settings, pool_size=1)
-    try:
-        bound = await bind(engine, rules)
-    finally:
-        await engine.dispose()
+async def check_rules(settings: Settings, rules: tuple[Rule, ...]) -> None:
+    """Bind once at boot: RuleConfigError names each bad field."""
+    bound = await check_schema(settings, rules)
     log.info("maintenance rules bound to the schema", extra={"rules": [b.rule.name for b in bound]})
 
 
@@ -99,7 +94,7 @@ def register(app: Celery, settings: Settings) -> list[Rule]:
     @signals.worker_init.connect(weak=False)
     def _check_rules(**_: Any) -> None:
         try:
-            asyncio.run(check_schema(settings, rules))
+            asyncio.run(check_rules(settings, rules))
         except RuleConfigError as exc:
             log.critical("maintenance rules refused; the worker will not start: %s", exc)
             # SystemExit, not the error itself: Celery logs and ignores a receiver's Exception.

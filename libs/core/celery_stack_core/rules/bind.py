@@ -7,10 +7,12 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import Column, DateTime, MetaData, Table, UniqueConstraint, inspect
+from sqlalchemy import Column, DateTime, MetaData, Table, UniqueConstraint, inspect, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from celery_stack_core.config import Settings
+from celery_stack_core.db import make_engine
 from celery_stack_core.rules.load import RuleConfigError
 from celery_stack_core.rules.spec import (
     Assignment,
@@ -143,6 +145,79 @@ def _type_checks(rule: Rule, tables: dict[str, Table]) -> Iterator[str]:
         )
 
 
+@dataclass(frozen=True)
+class MarkTrigger:
+    """A row trigger calling celery_stack_rollup_mark on a table."""
+
+    name: str
+    pairs: frozenset[tuple[str, str]]  # (rule, key column)
+    columns: frozenset[str]  # UPDATE OF these; empty: any column
+    complete: bool  # AFTER, FOR EACH ROW, on INSERT, DELETE and UPDATE, enabled
+
+
+# Hand-written: the catalog is the point. tgtype bits: 1 row, 2 before, 4 insert, 8 delete,
+# 16 update, 64 instead of; tgargs is the arguments NUL-separated.
+_MARK_TRIGGERS = text(
+    """
+    SELECT c.relname AS tbl, t.tgname AS name, t.tgtype AS type, t.tgenabled AS enabled,
+           encode(t.tgargs, 'escape') AS args,
+           ARRAY(SELECT a.attname::text FROM pg_attribute a
+                 WHERE a.attrelid = t.tgrelid AND a.attnum = ANY(t.tgattr::int2[])) AS columns
+    FROM pg_trigger t
+    JOIN pg_class c ON c.oid = t.tgrelid
+    JOIN pg_proc p ON p.oid = t.tgfoid
+    WHERE p.proname = 'celery_stack_rollup_mark' AND NOT t.tgisinternal
+      AND pg_table_is_visible(c.oid)
+    """
+)
+
+
+def mark_triggers(conn: Connection) -> dict[str, list[MarkTrigger]]:
+    out: dict[str, list[MarkTrigger]] = {}
+    for r in conn.execute(_MARK_TRIGGERS):
+        args = r.args.split("\\000")[:-1]
+        pairs = frozenset(zip(args[0::2], args[1::2], strict=False))
+        kind = int(r.type)
+        complete = kind & 0b11111 == 0b11101 and not kind & 64 and r.enabled != "D"
+        out.setdefault(r.tbl, []).append(MarkTrigger(r.name, pairs, frozenset(r.columns), complete))
+    return out
+
+
+def _rollup_sources(rule: Rollup) -> dict[str, tuple[set[str], set[str]]]:
+    """Per source table: its key columns, and every column an aggregate reads there."""
+    out: dict[str, tuple[set[str], set[str]]] = {}
+    for ref in rule.keys_from:
+        keys, read = out.setdefault(ref.table, (set(), set()))
+        keys.add(ref.column)
+        read.add(ref.column)
+    for agg in rule.aggregates:
+        keys, read = out.setdefault(agg.table, (set(), set()))
+        keys.add(agg.key)
+        read |= {agg.key, *([agg.of] if agg.of else []), *(g.column for g in agg.guards)}
+    return out
+
+
+def _incremental_checks(rule: Rule, triggers: dict[str, list[MarkTrigger]]) -> Iterator[str]:
+    """An incremental rollup needs, on every source table, a trigger that logs each key
+    column's changes for this rule on INSERT, DELETE and UPDATE of what the aggregates read."""
+    if not isinstance(rule, Rollup) or not rule.incremental:
+        return
+    for table, (keys, read) in sorted(_rollup_sources(rule).items()):
+        for key in sorted(keys):
+            if any(
+                (rule.name, key) in t.pairs and t.complete and (not t.columns or read <= t.columns)
+                for t in triggers.get(table, [])
+            ):
+                continue
+            yield (
+                f"field 'incremental': no trigger on {table!r} logs changes of {key!r} for this "
+                f"rule (AFTER INSERT OR DELETE OR UPDATE OF {', '.join(sorted(read))}, FOR EACH "
+                f'ROW); create it: CREATE TRIGGER "rollup_{rule.name}" AFTER INSERT OR DELETE '
+                f"OR UPDATE OF {', '.join(sorted(read))} ON {table} FOR EACH ROW EXECUTE "
+                f"FUNCTION celery_stack_rollup_mark('{rule.name}', '{key}')"
+            )
+
+
 def _check(rule: Rule, tables: dict[str, Table], existing: set[str]) -> list[str]:
     problems = []
     for field, table, column in needs(rule):
@@ -164,6 +239,11 @@ def bind_sync(conn: Connection, rules: Sequence[Rule]) -> list[Bound]:
     meta = MetaData()
     meta.reflect(conn, only=sorted(wanted & existing))
     problems = [p for r in rules for p in _check(r, dict(meta.tables), existing)]
+    if not problems and any(isinstance(r, Rollup) and r.incremental for r in rules):
+        triggers = mark_triggers(conn)
+        problems = [
+            f"rule {r.name!r}: {p}" for r in rules for p in _incremental_checks(r, triggers)
+        ]
     if problems:
         raise RuleConfigError("; ".join(problems))
     bound = []
@@ -177,3 +257,13 @@ async def bind(engine: AsyncEngine, rules: Sequence[Rule]) -> list[Bound]:
     """Reflect what the rules name and check it; RuleConfigError lists every problem."""
     async with engine.connect() as conn:
         return await conn.run_sync(bind_sync, rules)
+
+
+async def check_schema(settings: Settings, rules: Sequence[Rule]) -> list[Bound]:
+    """A service's boot check (the API and the maintenance worker): bind once with a
+    throwaway engine; RuleConfigError names each bad rule and field."""
+    engine = make_engine(settings, pool_size=1)
+    try:
+        return await bind(engine, rules)
+    finally:
+        await engine.dispose()

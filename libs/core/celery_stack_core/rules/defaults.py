@@ -138,6 +138,7 @@ DEFAULT_RULES: list[dict[str, Any]] = [
             },
         ],
         "set_now": ["updated_at"],
+        "incremental": True,  # triggers of migration 0008
         "batch_size": 500,
         "soft_time_limit": 500,
         "time_limit": 540,
@@ -181,6 +182,7 @@ DEFAULT_RULES: list[dict[str, Any]] = [
             },
         ],
         "set_now": ["updated_at"],
+        "incremental": True,  # triggers of migration 0008
         "batch_size": 500,
         "soft_time_limit": 1700,
         "time_limit": 1800,

@@ -169,7 +169,8 @@ class Aggregate(_Model):
 
 class Rollup(_Rule):
     """Recompute aggregates per key from source tables; one statement per batch of keys; a
-    row changes only if a value differs, so a second run changes nothing."""
+    row changes only if a value differs, so a second run changes nothing. Incremental: only
+    the keys a trigger logged as changed."""
 
     kind: Literal["rollup"]
     target: Identifier
@@ -178,6 +179,10 @@ class Rollup(_Rule):
     aggregates: tuple[Aggregate, ...] = Field(min_length=1)
     # Columns set to the run's time on rows that changed (e.g. updated_at).
     set_now: tuple[Identifier, ...] = ()
+    # Recompute only the keys whose source rows changed, read from the change log that the
+    # trigger `celery_stack_rollup_mark(<name>, <key column>)` on every source table writes
+    # (checked at startup); one full pass first. Off: every run recomputes every key.
+    incremental: bool = False
 
 
 class Assignment(_Rule):

@@ -20,6 +20,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     cast,
+    delete,
     func,
     literal,
     select,
@@ -32,7 +33,7 @@ from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from celery_stack_core.celery_app import queue_of
-from celery_stack_core.models import Outbox, RuleNotification
+from celery_stack_core.models import Outbox, RollupChange, RollupState, RuleNotification
 from celery_stack_core.outbox import OutboxMessage
 from celery_stack_core.rules.bind import Bound
 from celery_stack_core.rules.spec import (
@@ -48,6 +49,8 @@ from celery_stack_core.tracing import inject_context
 NOTIFY_TASK = "maintenance.rule_notify"
 NOTIFICATIONS: Table = RuleNotification.__table__
 OUTBOX: Table = Outbox.__table__
+CHANGES: Table = RollupChange.__table__
+STATE: Table = RollupState.__table__
 
 
 @dataclass
@@ -86,11 +89,14 @@ def _due(b: Bound, rule: Transition, now: datetime) -> ColumnElement[bool]:
 
 
 def lag_statement(b: Bound, now: datetime) -> Any:
-    """Oldest eligible row's timestamp + `after`: how long it has been due (None: no rule lag)."""
+    """Oldest eligible row's timestamp (+ `after`): how long it has been due; for an
+    incremental rollup the oldest change not yet rolled up (None: no lag for this kind)."""
     rule = b.rule
     if isinstance(rule, Transition):
         t = b.t(rule.table)
         return select(func.min(t.c[rule.timestamp])).where(_due(b, rule, now))
+    if isinstance(rule, Rollup) and rule.incremental:
+        return select(func.min(CHANGES.c.created_at)).where(CHANGES.c.rule == rule.name)
     if isinstance(rule, Assignment):
         t = b.t(rule.table)
         return select(func.min(t.c[rule.order_by])).where(
@@ -241,29 +247,16 @@ def _rollup_value(b: Bound, agg: Any, key: Any) -> Any:
     return func.coalesce(value, 0) if agg.function in ("count", "sum") else value
 
 
-async def rollup(conn: AsyncConnection, b: Bound, now: datetime, cursor: Any) -> Batch:
-    """One statement per batch of keys: upsert the recomputed aggregates, changing a row only
+def _upsert(b: Bound, rule: Rollup, keys: Any, now: datetime) -> Any:
+    """The recomputed aggregates of `keys` (a CTE of `k`), upserted; a row is written only
     where a value differs (IS DISTINCT FROM), so running it again changes nothing."""
-    rule = b.rule
-    assert isinstance(rule, Rollup)
     target = b.t(rule.target)
-    sources = [
-        select(b.t(ref.table).c[ref.column].label("k")).where(
-            b.t(ref.table).c[ref.column].is_not(None)
-        )
-        for ref in rule.keys_from
-    ]
-    all_keys = union(*sources).subquery("all_keys") if len(sources) > 1 else sources[0].subquery()
-    page = select(all_keys.c.k).distinct()
-    if cursor is not None:
-        page = page.where(all_keys.c.k > cursor)
-    keys = page.order_by(all_keys.c.k).limit(rule.batch_size).cte("keys")
     cols = [a.column for a in rule.aggregates]
     upsert = insert(target).from_select(
         [rule.target_key, *cols],
         select(keys.c.k, *(_rollup_value(b, a, keys.c.k) for a in rule.aggregates)),
     )
-    changed = (
+    return (
         upsert.on_conflict_do_update(
             index_elements=[target.c[rule.target_key]],
             set_={
@@ -277,6 +270,24 @@ async def rollup(conn: AsyncConnection, b: Bound, now: datetime, cursor: Any) ->
         .returning(target.c[rule.target_key])
         .cte("changed")
     )
+
+
+async def _all_keys(
+    conn: AsyncConnection, b: Bound, rule: Rollup, now: datetime, cursor: Any
+) -> Batch:
+    """The next `batch_size` keys of every source after `cursor`, in key order."""
+    sources = [
+        select(b.t(ref.table).c[ref.column].label("k")).where(
+            b.t(ref.table).c[ref.column].is_not(None)
+        )
+        for ref in rule.keys_from
+    ]
+    all_keys = union(*sources).subquery("all_keys") if len(sources) > 1 else sources[0].subquery()
+    page = select(all_keys.c.k).distinct()
+    if cursor is not None:
+        page = page.where(all_keys.c.k > cursor)
+    keys = page.order_by(all_keys.c.k).limit(rule.batch_size).cte("keys")
+    changed = _upsert(b, rule, keys, now)
     stmt = select(
         select(func.max(keys.c.k)).scalar_subquery(),
         select(func.count()).select_from(keys).scalar_subquery(),
@@ -284,6 +295,60 @@ async def rollup(conn: AsyncConnection, b: Bound, now: datetime, cursor: Any) ->
     )
     last, seen, n = (await conn.execute(stmt)).one()
     return Batch(int(n), full=int(seen) >= rule.batch_size, cursor=last)
+
+
+async def _changed_keys(conn: AsyncConnection, b: Bound, rule: Rollup, now: datetime) -> Batch:
+    """The next `batch_size` keys of the change log: taken out of it and recomputed in ONE
+    statement, so one snapshot. A change committed after it stays in the log (next run)."""
+    c = CHANGES
+    picked = (
+        select(c.c.key)
+        .where(c.c.rule == rule.name)
+        .distinct()
+        .order_by(c.c.key)
+        .limit(rule.batch_size)
+        .cte("picked")
+    )
+    taken = (
+        delete(c)
+        .where(c.c.rule == rule.name, c.c.key.in_(select(picked.c.key)))
+        .returning(c.c.id)
+        .cte("taken")
+    )
+    key_type = b.t(rule.target).c[rule.target_key].type
+    keys = select(cast(picked.c.key, key_type).label("k")).cte("keys")
+    changed = _upsert(b, rule, keys, now)
+    stmt = select(
+        select(func.count()).select_from(keys).scalar_subquery(),
+        select(func.count()).select_from(taken).scalar_subquery(),
+        select(func.count()).select_from(changed).scalar_subquery(),
+    )
+    seen, _, n = (await conn.execute(stmt)).one()
+    return Batch(int(n), full=int(seen) >= rule.batch_size)
+
+
+async def rollup(conn: AsyncConnection, b: Bound, now: datetime, cursor: Any) -> Batch:
+    """One statement per batch of keys. Every key (`cursor` pages through them), or, for an
+    incremental rule whose full pass is done, the keys its change log names.
+
+    A rule's batches take a transaction-level advisory lock first: two runners recomputing
+    one key from different snapshots could otherwise leave the older value last, and the
+    incremental rule would not look at that key again until it changes."""
+    rule = b.rule
+    assert isinstance(rule, Rollup)
+    await conn.execute(
+        select(func.pg_advisory_xact_lock(func.hashtextextended(f"rollup:{rule.name}", 0)))
+    )
+    if not rule.incremental:
+        return await _all_keys(conn, b, rule, now, cursor)
+    if await conn.scalar(select(STATE.c.rule).where(STATE.c.rule == rule.name)) is not None:
+        return await _changed_keys(conn, b, rule, now)
+    batch = await _all_keys(conn, b, rule, now, cursor)
+    if not batch.full:  # the full pass is done, in the transaction of its last batch
+        await conn.execute(
+            insert(STATE).values(rule=rule.name, full_pass_at=now).on_conflict_do_nothing()
+        )
+    return batch
 
 
 def pair(waiting: list[Any], free: list[tuple[Any, int]]) -> list[tuple[Any, Any]]:

@@ -4,7 +4,7 @@
                                           activities, marketplace-tasks, agents, chats,
                                           chat-messages)
     GET  /api/v1/examples/{kind}          newest rows (every kind, also point-balances,
-                                          user-statistics, expert-stats)
+                                          user-statistics, expert-stats, rule-notifications)
     GET  /api/v1/examples/{kind}/{key}    one row
 
 Deadlines are given as an absolute time (`expires_at`) or seconds from now (`expires_in`).
@@ -165,6 +165,7 @@ class Kind(enum.StrEnum):
     chat_messages = "chat-messages"
     user_statistics = "user-statistics"
     expert_stats = "expert-stats"
+    rule_notifications = "rule-notifications"
 
 
 EXAMPLES: dict[Kind, Example] = {
@@ -179,6 +180,8 @@ EXAMPLES: dict[Kind, Example] = {
     Kind.chat_messages: Example(models.ChatMessage, ChatMessageIn, _touch_chat),
     Kind.user_statistics: Example(models.UserStatistic),
     Kind.expert_stats: Example(models.ExpertStat),
+    # the warnings rules wrote (delivered_at: the outbox delivered them)
+    Kind.rule_notifications: Example(models.RuleNotification),
 }
 
 
