@@ -1,6 +1,9 @@
 """Redis Cluster refuses a script whose keys hash to different slots (CROSSSLOT): every key
 list a Lua script is called with must share one slot. The lists below are the ones the code
-passes (buffer, flush, recount, locks, beat)."""
+passes (buffer, flush, recount, locks, beat, the janitor's sweeps); every script in the tree is
+either listed here or named as single-Redis with its reason (keys.py says the same)."""
+
+from pathlib import Path
 
 import pytest
 
@@ -36,13 +39,22 @@ def test_slot_matches_redis():
 sk = keys.ShardKeys("post", "views", 3)
 SCRIPT_KEYS = {
     "counter_ingest": [sk.live, sk.live_since],
+    "counter_ingest_many": [sk.live, sk.live_since],
+    "read_inflight": [sk.inflight],
     "claim": [sk.live, sk.inflight, sk.batch, sk.live_since, sk.inflight_since],
     "ack": [sk.inflight, sk.batch, sk.inflight_since],
     "dirty_claim": [keys.DIRTY, keys.DIRTY_CLAIMED],
+    "return_claim": [keys.DIRTY, keys.DIRTY_CLAIMED],
     "lock_acquire": [keys.lock("job"), keys.owner_locks("o"), keys.owner_heartbeat("o")],
     "lock_renew": [keys.lock("job"), keys.owner_heartbeat("o")],
     "lock_release": [keys.lock("job"), keys.owner_locks("o")],
+    # the janitor's: a leaked lock, a gone owner's records (and the locks its set names)
+    "release_lock": [keys.lock("job")],
+    "drop_owner": [keys.owner_locks("o"), keys.owner_heartbeat("o"), keys.lock("job")],
     "lease_acquire": [keys.BEAT_LEASE, keys.BEAT_EPOCH],
+    "lease_renew": [keys.BEAT_LEASE],
+    "lease_release": [keys.BEAT_LEASE, keys.BEAT_LEADER],  # one call each; the same slot
+    "fence_raise": [keys.BEAT_EPOCH],
     "claim_slot": [keys.BEAT_EPOCH, keys.beat_slot("e", 1), keys.BEAT_LAST, keys.BEAT_PENDING],
     "pending_due": [keys.BEAT_EPOCH, keys.BEAT_PENDING],
 }
@@ -55,3 +67,26 @@ def test_a_scripts_keys_share_one_slot(script):
 
 def test_different_owners_locks_share_the_slot_too():
     assert slot(keys.owner_locks("a")) == slot(keys.owner_locks("b")) == slot(keys.lock("x"))
+
+
+# Scripts that cannot be Cluster-safe, and why (keys.py's docstring names them too).
+SINGLE_REDIS = {
+    "scan_results": "SCANs one node for Celery's result keys",
+    "apply_results": "called with Celery's result keys, which carry no hash tag",
+}
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def test_every_script_in_the_tree_is_checked_or_named_single_redis():
+    scripts = {
+        p.stem
+        for d in ("libs", "services")
+        for p in (ROOT / d).rglob("*.lua")
+        if ".venv" not in p.parts
+    }
+    assert scripts, ROOT
+    assert not set(SCRIPT_KEYS) & set(SINGLE_REDIS)
+    assert scripts == set(SCRIPT_KEYS) | set(SINGLE_REDIS), (
+        f"unchecked: {sorted(scripts - set(SCRIPT_KEYS) - set(SINGLE_REDIS))}; "
+        f"gone: {sorted((set(SCRIPT_KEYS) | set(SINGLE_REDIS)) - scripts)}"
+    )
