@@ -60,6 +60,7 @@ def servers() -> Iterator[Servers]:
 
             async def create() -> None:
                 conn = await asyncpg.connect(url.replace("+asyncpg", ""))
+                # Hand-written: CREATE DATABASE has no SQLAlchemy construct (the name is ours).
                 await conn.execute(f'CREATE DATABASE "{name}"')
                 await conn.close()
 
