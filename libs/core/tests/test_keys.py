@@ -3,31 +3,11 @@ list a Lua script is called with must share one slot. The lists below are the on
 passes (buffer, flush, recount, locks, beat, the janitor's sweeps); every script in the tree is
 either listed here or named as single-Redis with its reason (keys.py says the same)."""
 
-from pathlib import Path
-
 import pytest
+import redis
 
 from celery_stack_core import keys
-
-
-def crc16(data: bytes) -> int:
-    """CRC16-XMODEM, the Redis Cluster key hash."""
-    crc = 0
-    for byte in data:
-        crc ^= byte << 8
-        for _ in range(8):
-            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else crc << 1
-            crc &= 0xFFFF
-    return crc
-
-
-def slot(key: str) -> int:
-    start = key.find("{")
-    if start != -1:
-        end = key.find("}", start + 1)
-        if end > start + 1:
-            key = key[start + 1 : end]
-    return crc16(key.encode()) % 16384
+from celery_stack_devstack.cluster import SINGLE_REDIS, ScriptSlots, scripts, slot
 
 
 def test_slot_matches_redis():
@@ -69,24 +49,28 @@ def test_different_owners_locks_share_the_slot_too():
     assert slot(keys.owner_locks("a")) == slot(keys.owner_locks("b")) == slot(keys.lock("x"))
 
 
-# Scripts that cannot be Cluster-safe, and why (keys.py's docstring names them too).
-SINGLE_REDIS = {
-    "scan_results": "SCANs one node for Celery's result keys",
-    "apply_results": "called with Celery's result keys, which carry no hash tag",
-}
-ROOT = Path(__file__).resolve().parents[3]
-
-
 def test_every_script_in_the_tree_is_checked_or_named_single_redis():
-    scripts = {
-        p.stem
-        for d in ("libs", "services")
-        for p in (ROOT / d).rglob("*.lua")
-        if ".venv" not in p.parts
-    }
-    assert scripts, ROOT
+    found = set(scripts())
+    assert found
     assert not set(SCRIPT_KEYS) & set(SINGLE_REDIS)
-    assert scripts == set(SCRIPT_KEYS) | set(SINGLE_REDIS), (
-        f"unchecked: {sorted(scripts - set(SCRIPT_KEYS) - set(SINGLE_REDIS))}; "
-        f"gone: {sorted((set(SCRIPT_KEYS) | set(SINGLE_REDIS)) - scripts)}"
+    assert found == set(SCRIPT_KEYS) | set(SINGLE_REDIS), (
+        f"unchecked: {sorted(found - set(SCRIPT_KEYS) - set(SINGLE_REDIS))}; "
+        f"gone: {sorted((set(SCRIPT_KEYS) | set(SINGLE_REDIS)) - found)}"
     )
+
+
+def test_the_plugin_catches_a_script_called_across_slots(settings):
+    # What the devstack plugin installs around every test: a call whose keys span slots is
+    # recorded (the test then fails); a single-Redis script of the sweep is let through.
+    client = redis.Redis.from_url(settings.stores.redis_url)
+    try:
+        with ScriptSlots().installed() as slots:
+            client.eval("return 1", 2, "{a}:x", "{a}:y")
+            assert slots.crossing == []
+            client.eval("return 1", 2, "{a}:x", "{b}:y")
+            assert len(slots.crossing) == 1 and "['{a}:x', '{b}:y']" in slots.crossing[0]
+            apply_results = scripts()["apply_results"].read_text()
+            client.eval(apply_results, 2, "celery-task-meta-1", "celery-task-meta-2", "ee", 60)
+            assert len(slots.crossing) == 1
+    finally:
+        client.close()
