@@ -108,16 +108,19 @@ async def test_hold_many_renews_past_the_ttl_and_notices_a_loss(redis):
     assert await redis.get(keys.lock("y")) == "someone-else"  # never released by us
 
 
+def _failing(error: Exception):
+    async def fail() -> bool:
+        raise error
+
+    return fail
+
+
 async def test_a_keeper_that_fails_for_a_non_redis_reason_marks_the_lease_lost(redis, caplog):
     # A bug in the renewal is not a Redis hiccup: retrying it forever (and logging a warning
     # each time) let the lease expire under a holder whose check() still passed.
     async with hold(redis, "buggy", owner="a", ttl=0.3) as lease:
         assert lease is not None
-
-        async def broken() -> bool:
-            raise TypeError("a bug in the renewal")
-
-        lease.renew = broken  # type: ignore[method-assign]
+        lease.renew = _failing(TypeError("a bug in the renewal"))  # type: ignore[method-assign]
         started = asyncio.get_running_loop().time()
         while not lease.lost:
             assert asyncio.get_running_loop().time() - started < 30, "the bug was swallowed"
@@ -130,22 +133,14 @@ async def test_a_keeper_that_fails_for_a_non_redis_reason_marks_the_lease_lost(r
 async def test_a_release_that_redis_refuses_is_logged_and_anything_else_raises(redis, caplog):
     async with hold(redis, "down", owner="a", ttl=5) as lease:
         assert lease is not None
-
-        async def unreachable() -> bool:
-            raise RedisConnectionError("Redis went away")
-
-        lease.release = unreachable  # type: ignore[method-assign]
+        lease.release = _failing(RedisConnectionError("Redis went away"))  # type: ignore[method-assign]
     # the TTL frees it; the failure leaves a trace with the lease's name
     assert [r.lease for r in caplog.records if r.message == "lease release failed"] == ["down"]
 
     with pytest.raises(TypeError, match="a bug"):
         async with hold(redis, "bug", owner="a", ttl=5) as lease:
             assert lease is not None
-
-            async def broken() -> bool:
-                raise TypeError("a bug in the release")
-
-            lease.release = broken  # type: ignore[method-assign]
+            lease.release = _failing(TypeError("a bug in the release"))  # type: ignore[method-assign]
 
 
 async def test_hold_many_release_failures_are_logged_or_raised_the_same_way(
