@@ -80,3 +80,12 @@ async def test_the_migrated_status_check_lists_the_models_statuses(engine, table
         )
     assert check is not None, f"{table} has no status CHECK"
     assert sorted(re.findall(r"'(\w+)'", check)) == sorted(statuses)
+
+
+async def test_waiting_for_the_database_says_so_and_gives_up_at_the_deadline(caplog):
+    from celery_stack_core.migrate import wait_for_database
+
+    with pytest.raises(TimeoutError, match="not reachable"):
+        await wait_for_database("postgresql+asyncpg://postgres@127.0.0.1:1/x", timeout=1.0)
+    waiting = [r for r in caplog.records if r.message == "waiting for the database"]
+    assert waiting and "Error" in waiting[0].error  # the refusal, named
