@@ -415,6 +415,7 @@ class Chat(Base):
         CheckConstraint("status <> 'active' OR agent_id IS NOT NULL", name="agent"),
         Index("ix_chats_status_created", "status", "created_at"),
         Index("ix_chats_status_last_message", "status", "last_message_at"),
+        # DDL: the partial index predicate, as migration 0004 writes it.
         Index("ix_chats_agent_active", "agent_id", postgresql_where=text("status = 'active'")),
     )
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
