@@ -301,7 +301,7 @@ def table(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> s
     return "\n".join(lines)
 
 
-def verdict(ok: bool) -> str:
+def verdict(ok: bool) -> str:  # noqa: FBT001 - the bool is what it formats, not a mode
     return "met" if ok else "MISSED"
 
 

@@ -91,7 +91,7 @@ def consuming(*services):
         wait_until(svc.alive.exists, timeout=90, what=f"{svc.name} consuming")
 
 
-def start_maintenance(start_service, env, tmp_path, wait=True, **more):
+def start_maintenance(start_service, env, tmp_path, *, wait=True, **more):
     alive = tmp_path / "maintenance.alive"
     svc = start_service(
         "worker-maintenance",

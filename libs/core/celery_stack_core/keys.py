@@ -2,8 +2,11 @@
 
 Redis Cluster: every Lua script's keys share one hash tag ({...}), so they hash to one slot: a
 counter shard's keys ({post:views:3}), the dirty set ({dirty}), the locks with their owners'
-records ({locks}) and beat's keys ({beat}). libs/core/tests/test_keys.py checks each script's
-key list.
+records ({locks}) and beat's keys ({beat}). Two scripts are the exception, both the janitor's
+orphaned-results sweep: scan_results.lua SCANs one node and apply_results.lua is called with
+Celery's own result keys, which carry no hash tag; that sweep needs a single Redis (or one run
+per node). libs/core/tests/test_keys.py checks each script's key list and that no script
+escapes the check.
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from celery_stack_core import keys
 from celery_stack_core.lua import lua
@@ -33,6 +34,11 @@ log = logging.getLogger(__name__)
 
 class LeaseLost(RuntimeError):
     """The lease expired or was taken over while we held it: stop before writing more."""
+
+
+# What a round trip raises when Redis is away or slow: retried (renewal) or left to the TTL
+# (release). Anything else is a bug: the lease then counts as lost (renewal) or it propagates.
+REDIS_DOWN = (RedisError, OSError)
 
 
 @dataclass
@@ -113,8 +119,14 @@ class Lease:
                 if not await self.renew():
                     log.error("lease lost", extra={"lease": self.name, "owner": self.owner})
                     return
-            except Exception as exc:  # Redis hiccup: keep trying until the TTL runs out
+            except REDIS_DOWN as exc:  # Redis hiccup: keep trying until the TTL runs out
                 log.warning("lease renewal failed", extra={"lease": self.name, "error": repr(exc)})
+            except Exception:
+                # Not Redis: no later renewal will do better, and a keeper that died quietly
+                # would let the holder write on past the TTL. Lost: check() stops the holder.
+                self.lost = True
+                log.exception("lease keeper failed", extra={"lease": self.name})
+                return
 
 
 @contextlib.asynccontextmanager
@@ -135,7 +147,7 @@ async def hold(
             await lease._keeper
         try:
             await lease.release()
-        except Exception as exc:  # the TTL frees it; the janitor reports it if the owner is gone
+        except REDIS_DOWN as exc:  # the TTL frees it; the janitor reports it if the owner is gone
             log.warning("lease release failed", extra={"lease": name, "error": repr(exc)})
 
 
@@ -162,7 +174,7 @@ async def hold_many(
             await keeper
         try:
             await _pipelined(redis, [lease._release() for lease in held])
-        except Exception as exc:  # the TTL frees them; the janitor reports them if owner is gone
+        except REDIS_DOWN as exc:  # the TTL frees them; the janitor reports them if owner is gone
             log.warning("lease release failed", extra={"leases": len(held), "error": repr(exc)})
 
 
@@ -185,9 +197,14 @@ async def _keep_all(redis: aioredis.Redis, leases: list[Lease]) -> None:
         await asyncio.sleep(ttl / 3)
         try:
             renewed = await _pipelined(redis, [lease._renew() for lease in leases])
-        except Exception as exc:  # Redis hiccup: keep trying until the TTL runs out
+        except REDIS_DOWN as exc:  # Redis hiccup: keep trying until the TTL runs out
             log.warning("lease renewal failed", extra={"leases": len(leases), "error": repr(exc)})
             continue
+        except Exception:  # not Redis: every lease counts as lost (Lease._keep says why)
+            for lease in leases:
+                lease.lost = True
+            log.exception("lease keeper failed", extra={"leases": [x.name for x in leases]})
+            return
         for lease, ok in zip(leases, renewed, strict=True):
             if not ok:
                 lease.lost = True

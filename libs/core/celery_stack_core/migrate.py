@@ -17,6 +17,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import literal, select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from celery_stack_core.config import get_settings
@@ -35,15 +36,21 @@ def alembic_config(url: str) -> Config:
 async def wait_for_database(url: str, timeout: float = 60.0) -> None:
     """Retry `select 1` until the server answers (pre-start step, as in the FastAPI template)."""
     deadline = time.monotonic() + timeout
+    said = 0.0  # when the last "waiting" line was logged: one every 5 s, not every attempt
     while True:
         engine = create_async_engine(url)
         try:
             async with engine.connect() as conn:
                 await conn.execute(select(literal(1)))
             return
-        except Exception as exc:  # any connection error: keep waiting until the deadline
+        # Refused, unresolvable, timed out (OSError) or refused by the server (still starting,
+        # database not created yet): keep waiting. Anything else is no outage and propagates.
+        except (OSError, DBAPIError) as exc:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"database not reachable after {timeout}s: {exc}") from exc
+            if time.monotonic() - said >= 5.0:
+                said = time.monotonic()
+                log.warning("waiting for the database", extra={"error": repr(exc)})
             await asyncio.sleep(0.5)
         finally:
             await engine.dispose()

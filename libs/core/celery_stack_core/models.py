@@ -129,6 +129,12 @@ class CounterBatch(Base):
     )
 
 
+def status_in(statuses: tuple[str, ...]) -> str:
+    """`status IN ('a', 'b')`: a CHECK constraint or index predicate built from a status tuple,
+    in the text the migrations wrote (the models-vs-migrations test compares)."""
+    return "status IN ({})".format(", ".join(f"'{s}'" for s in statuses))
+
+
 # A scan's status, written once: the API's response type, the CHECK constraint and the
 # lifecycle's tuples all derive from this Literal.
 ScanStatus = Literal["queued", "running", "succeeded", "failed", "cancelled", "dead"]
@@ -146,10 +152,7 @@ class Scan(Base):
 
     __tablename__ = "scans"
     __table_args__ = (
-        # Same text as migration 0002's constraint (the models-vs-migrations test compares).
-        CheckConstraint(
-            "status IN ({})".format(", ".join(f"'{s}'" for s in SCAN_STATUSES)), name="status"
-        ),
+        CheckConstraint(status_in(SCAN_STATUSES), name="status"),  # migration 0002's text
         UniqueConstraint("owner", "idempotency_key", name="uq_scans_owner_idempotency_key"),
         Index("ix_scans_owner_created", "owner", "created_at", "id"),
         Index("ix_scans_created", "created_at", "id"),
@@ -218,8 +221,11 @@ class Outbox(Base):
 
 
 # --- janitor --------------------------------------------------------------------------------------
-JOB_STATUSES = ("queued", "running", "succeeded", "failed")
-ACTIVE_JOB_STATUSES = ("queued", "running")
+# A maintenance job's status, written once: the CHECK constraint, the one-active-job-per-kind
+# index and the job queries derive from these.
+JobStatus = Literal["queued", "running", "succeeded", "failed"]
+JOB_STATUSES: tuple[JobStatus, ...] = get_args(JobStatus)
+ACTIVE_JOB_STATUSES: tuple[JobStatus, ...] = ("queued", "running")
 
 
 class MaintenanceJob(Base):
@@ -228,12 +234,13 @@ class MaintenanceJob(Base):
 
     __tablename__ = "maintenance_jobs"
     __table_args__ = (
-        CheckConstraint("status IN ('queued', 'running', 'succeeded', 'failed')", name="status"),
+        CheckConstraint(status_in(JOB_STATUSES), name="status"),
         Index(
             "uq_maintenance_jobs_active_kind",
             "kind",
             unique=True,
-            postgresql_where=text("status IN ('queued', 'running')"),
+            # DDL: the partial index predicate, as migration 0005 writes it.
+            postgresql_where=text(status_in(ACTIVE_JOB_STATUSES)),
         ),
         Index("ix_maintenance_jobs_created", "created_at"),
     )
@@ -408,6 +415,7 @@ class Chat(Base):
         CheckConstraint("status <> 'active' OR agent_id IS NOT NULL", name="agent"),
         Index("ix_chats_status_created", "status", "created_at"),
         Index("ix_chats_status_last_message", "status", "last_message_at"),
+        # DDL: the partial index predicate, as migration 0004 writes it.
         Index("ix_chats_agent_active", "agent_id", postgresql_where=text("status = 'active'")),
     )
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)

@@ -208,6 +208,10 @@ async def relay(
                     .where(c.id == msg.id)
                     .values(attempts=c.attempts + 1, last_error=repr(exc)[:500])
                 )
+                log.warning(
+                    "outbox relay could not publish; the rest of the batch waits",
+                    extra={"outbox_id": msg.id, "task_id": msg.task_id, "error": repr(exc)},
+                )
                 # The broker is most likely down: the rest of the batch would fail the same way.
                 break
             sent.append(msg.id)

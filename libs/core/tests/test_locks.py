@@ -3,6 +3,9 @@
 import asyncio
 import json
 
+import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
+
 from celery_stack_core import keys
 from celery_stack_core.locks import Lease, LeaseLost, hold
 
@@ -103,3 +106,61 @@ async def test_hold_many_renews_past_the_ttl_and_notices_a_loss(redis):
             await asyncio.sleep(0.02)
         assert await redis.pttl(keys.lock("x")) > 0 and not leases[0].lost
     assert await redis.get(keys.lock("y")) == "someone-else"  # never released by us
+
+
+def _failing(error: Exception):
+    async def fail() -> bool:
+        raise error
+
+    return fail
+
+
+async def test_a_keeper_that_fails_for_a_non_redis_reason_marks_the_lease_lost(redis, caplog):
+    # A bug in the renewal is not a Redis hiccup: retrying it forever (and logging a warning
+    # each time) let the lease expire under a holder whose check() still passed.
+    async with hold(redis, "buggy", owner="a", ttl=0.3) as lease:
+        assert lease is not None
+        lease.renew = _failing(TypeError("a bug in the renewal"))  # type: ignore[method-assign]
+        started = asyncio.get_running_loop().time()
+        while not lease.lost:
+            assert asyncio.get_running_loop().time() - started < 30, "the bug was swallowed"
+            await asyncio.sleep(0.02)
+        with pytest.raises(LeaseLost):
+            lease.check()
+    assert any(r.message == "lease keeper failed" for r in caplog.records)
+
+
+async def test_a_release_that_redis_refuses_is_logged_and_anything_else_raises(redis, caplog):
+    async with hold(redis, "down", owner="a", ttl=5) as lease:
+        assert lease is not None
+        lease.release = _failing(RedisConnectionError("Redis went away"))  # type: ignore[method-assign]
+    # the TTL frees it; the failure leaves a trace with the lease's name
+    assert [r.lease for r in caplog.records if r.message == "lease release failed"] == ["down"]
+
+    with pytest.raises(TypeError, match="a bug"):
+        async with hold(redis, "bug", owner="a", ttl=5) as lease:
+            assert lease is not None
+            lease.release = _failing(TypeError("a bug in the release"))  # type: ignore[method-assign]
+
+
+async def test_hold_many_release_failures_are_logged_or_raised_the_same_way(
+    redis, caplog, monkeypatch
+):
+    from celery_stack_core import locks
+
+    real = locks._pipelined
+
+    async def failing_release(redis_, calls):
+        if calls and calls[0][0] == "lock_release":
+            raise error
+        return await real(redis_, calls)
+
+    error: Exception = RedisConnectionError("Redis went away")
+    monkeypatch.setattr(locks, "_pipelined", failing_release)
+    async with locks.hold_many(redis, ["m1", "m2"], owner="a", ttl=5) as held:
+        assert len(held) == 2
+    assert any(r.message == "lease release failed" for r in caplog.records)
+    error = TypeError("a bug in the release")
+    with pytest.raises(TypeError):
+        async with locks.hold_many(redis, ["m3"], owner="a", ttl=5) as held:
+            assert held

@@ -1,13 +1,16 @@
 """The migrations are the only way the schema is made, and they match the models."""
 
 import asyncio
+import re
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from celery_stack_core.migrate import current_revision, head_revision, main, upgrade
-from celery_stack_core.models import Base
+from celery_stack_core.models import JOB_STATUSES, SCAN_STATUSES, Base
 
 
 async def test_schema_at_head_matches_models(settings):
@@ -58,3 +61,31 @@ async def test_counted_tables_leave_room_for_hot_updates(engine):
         )
         options = {r[0]: r[1] for r in rows}
     assert len(options) == 4 and all(v == ["fillfactor=80"] for v in options.values())
+
+
+@pytest.mark.parametrize(
+    ("table", "statuses"), [("scans", SCAN_STATUSES), ("maintenance_jobs", JOB_STATUSES)]
+)
+async def test_the_migrated_status_check_lists_the_models_statuses(engine, table, statuses):
+    # The models' status tuple is the one source (route Literal, queries, CHECK): the schema the
+    # migrations made must allow exactly those, or a status added to the tuple fails in SQL.
+    async with engine.connect() as conn:
+        check = await conn.scalar(
+            text(
+                # migration 0002 named it ck_scans_ck_scans_status (the convention applied twice)
+                "SELECT pg_get_constraintdef(oid) FROM pg_constraint"
+                " WHERE conrelid = CAST(:t AS regclass) AND contype = 'c' AND conname LIKE :n"
+            ),
+            {"t": table, "n": "%status"},
+        )
+    assert check is not None, f"{table} has no status CHECK"
+    assert sorted(re.findall(r"'(\w+)'", check)) == sorted(statuses)
+
+
+async def test_waiting_for_the_database_says_so_and_gives_up_at_the_deadline(caplog):
+    from celery_stack_core.migrate import wait_for_database
+
+    with pytest.raises(TimeoutError, match="not reachable"):
+        await wait_for_database("postgresql+asyncpg://postgres@127.0.0.1:1/x", timeout=1.0)
+    waiting = [r for r in caplog.records if r.message == "waiting for the database"]
+    assert waiting and "Error" in waiting[0].error  # the refusal, named

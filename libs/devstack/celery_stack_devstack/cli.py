@@ -10,7 +10,8 @@ app = typer.Typer(no_args_is_help=True, help="celery-stack local development")
 
 
 @app.command()
-def run(  # noqa: PLR0913, PLR0917 - one parameter per CLI option (typer)
+def run(  # noqa: PLR0913 - one parameter per CLI option (typer), keyword-only
+    *,
     run_dir: Path = typer.Option(Path(".run"), help="Where local servers keep their data."),
     api_port: int = typer.Option(8000, help="API port."),
     demo_port: int = typer.Option(8081, help="Port of the demo site the scanner may scan."),

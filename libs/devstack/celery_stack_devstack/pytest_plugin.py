@@ -32,6 +32,7 @@ from celery_stack_core.db import make_engine
 from celery_stack_core.migrate import upgrade
 from celery_stack_core.models import Base
 from celery_stack_core.redis_client import make_async_redis
+from celery_stack_devstack.cluster import ScriptSlots
 from celery_stack_devstack.servers import PostgresServer, RedisServer, free_port
 
 # Every table of the models (a table added to models.py is emptied too).
@@ -60,6 +61,7 @@ def servers() -> Iterator[Servers]:
 
             async def create() -> None:
                 conn = await asyncpg.connect(url.replace("+asyncpg", ""))
+                # Hand-written: CREATE DATABASE has no SQLAlchemy construct (the name is ours).
                 await conn.execute(f'CREATE DATABASE "{name}"')
                 await conn.close()
 
@@ -118,6 +120,16 @@ async def _redis_client(settings: Settings) -> AsyncIterator[aioredis.Redis]:
     client = make_async_redis(settings)
     yield client
     await client.aclose()
+
+
+@pytest.fixture(autouse=True)
+def _one_cluster_slot_per_script() -> Iterator[None]:
+    """Every Lua script a test calls in this process gets keys of one Redis Cluster slot
+    (keys.py's promise; celery_stack_devstack.cluster names the exceptions)."""
+    with ScriptSlots().installed() as slots:
+        yield
+    if slots.crossing:
+        pytest.fail(f"scripts called with keys of several Cluster slots: {slots.crossing}")
 
 
 @pytest.fixture

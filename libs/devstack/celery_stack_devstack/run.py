@@ -110,6 +110,7 @@ async def _ensure_database(url: str) -> None:
     base, _, name = url.replace("postgresql+asyncpg://", "postgresql://").rpartition("/")
     conn = await asyncpg.connect(f"{base}/postgres")
     try:
+        # Hand-written: the server's catalog and CREATE DATABASE are no tables of the models.
         if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
             await conn.execute(f'CREATE DATABASE "{name}"')
     finally:

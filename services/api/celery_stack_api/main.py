@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 
 from fastapi import FastAPI, status
 
@@ -36,26 +37,6 @@ def create_app(settings: Settings | None = None, *, view_fast_path: bool = True)
     # GET /api/v1/maintenance/rules at 3 a.m.: RuleConfigError names the rule and the field.
     load_rules(settings)
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        state = AppState(
-            settings=settings,
-            engine=make_engine(settings),
-            redis=make_async_redis(settings),
-            tokens=TokenTable(settings),
-            celery=outbox.fail_fast(make_celery(settings, "celery_stack_api")),
-        )
-        celery_metrics.install_publisher()
-        app.state.app = state
-        try:
-            yield
-        finally:
-            await state.redis.aclose()
-            if state.celery is not None:
-                state.celery.close()
-            await state.engine.dispose()
-            flush_tracing()
-
     traced = setup_tracing("api", settings)
     fast = view_fast_path and not traced
     app = FastAPI(
@@ -66,7 +47,7 @@ def create_app(settings: Settings | None = None, *, view_fast_path: bool = True)
         telemetry={"tracing": False, "metrics": False, "logs": False} if fast else None,
         title="celery-stack",
         version="0.1.0",
-        lifespan=lifespan,
+        lifespan=_lifespan(settings),
         description="Counters, scans and maintenance on Celery, Redis and PostgreSQL.",
         docs_url=None,  # served by install_offline_docs: no CDN
         redoc_url=None,
@@ -92,6 +73,37 @@ def create_app(settings: Settings | None = None, *, view_fast_path: bool = True)
     )
     openapi.install(app)
 
+    _install_middleware(app, settings, traced=traced, fast=fast)
+    return app
+
+
+def _lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """The app's connections: opened at startup into `app.state.app`, closed at shutdown."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state = AppState(
+            settings=settings,
+            engine=make_engine(settings),
+            redis=make_async_redis(settings),
+            tokens=TokenTable(settings),
+            celery=outbox.fail_fast(make_celery(settings, "celery_stack_api")),
+        )
+        celery_metrics.install_publisher()
+        app.state.app = state
+        try:
+            yield
+        finally:
+            await state.redis.aclose()
+            if state.celery is not None:
+                state.celery.close()
+            await state.engine.dispose()
+            flush_tracing()
+
+    return lifespan
+
+
+def _install_middleware(app: FastAPI, settings: Settings, *, traced: bool, fast: bool) -> None:
     if traced:
         from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
@@ -108,4 +120,3 @@ def create_app(settings: Settings | None = None, *, view_fast_path: bool = True)
         per_path={BATCH_PATH: settings.api.batch_max_body_bytes},
     )
     app.add_middleware(HttpMetrics)  # outermost: every answer is counted, 413s too
-    return app

@@ -35,7 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from celery_stack_api.state import AppState
 from celery_stack_core import metrics, outbox
 from celery_stack_core.hooks import HOOKS
-from celery_stack_core.models import TERMINAL_STATUSES, Base
+from celery_stack_core.models import LIVE_STATUSES, TERMINAL_STATUSES, Base
 from celery_stack_core.scan_spec import SCAN_TASK, task_id
 
 SCANS = Base.metadata.tables["scans"]
@@ -209,7 +209,7 @@ async def cancel_scan(state: AppState, scan_id: uuid.UUID, owner: str | None) ->
     checkpoint and stops; its own terminal write is refused (the row is no longer its)."""
     stmt = (
         update(SCANS)
-        .where(_this_scan(scan_id, owner), SCANS.c.status.in_(("queued", "running")))
+        .where(_this_scan(scan_id, owner), SCANS.c.status.in_(LIVE_STATUSES))
         .values(
             status="cancelled",
             finished_at=func.now(),

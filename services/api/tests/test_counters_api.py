@@ -192,7 +192,7 @@ async def test_redis_down_falls_back_to_one_db_statement(settings, client_for, c
         assert r.json()["degraded"] is True
 
 
-async def test_both_stores_down_is_503_with_retry_after(settings, client_for):
+async def test_both_stores_down_is_503_with_retry_after(settings, client_for, caplog):
     down = settings.replace(
         REDIS_URL="redis://127.0.0.1:1/0",
         DATABASE_URL="postgresql+asyncpg://postgres@127.0.0.1:1/x",
@@ -207,6 +207,9 @@ async def test_both_stores_down_is_503_with_retry_after(settings, client_for):
         ready = await api.get("/readyz")  # no system of record: not ready
         assert ready.status_code == 503 and ready.headers["retry-after"] == "5"
         assert ready.json()["detail"] and ready.json()["checks"]["database"] != "ok"  # Problem
+    # the probe's failures leave a trace in the log, each with its check and error
+    failed = {r.check: r.error for r in caplog.records if r.message == "readiness check failed"}
+    assert set(failed) == {"database", "redis"} and all(failed.values())
 
 
 async def test_health_ready_metrics_docs(api):

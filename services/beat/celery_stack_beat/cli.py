@@ -32,6 +32,7 @@ def load_schedule(ref: str) -> Callable[[Settings], list[Entry]]:
 
 @app.command()
 def run(
+    *,
     schedule: str = SCHEDULE_OPT,
     restart_on_loss: bool = typer.Option(
         False, help="re-exec this process after losing leadership instead of exiting (make run)"
@@ -68,6 +69,7 @@ def _fmt_ms(ms: int | None) -> str:
 
 @app.command()
 def status(
+    *,
     schedule: str = SCHEDULE_OPT,
     as_json: bool = typer.Option(False, "--json", help="print JSON"),
 ) -> None:

@@ -69,7 +69,11 @@ class RedisLease:
                 msg = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=left)
                 if msg is not None:
                     return
-        except Exception:  # no pub/sub (a broken connection): plain polling still works
+        except (RedisError, OSError) as exc:  # no pub/sub: plain polling still works
+            log.warning(
+                "standby wait without release announcements (pub/sub failed); polling",
+                extra={"error": repr(exc), "identity": self.identity},
+            )
             await self._drop_pubsub()
             await asyncio.sleep(max(0.0, seconds))
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from celery_stack_beat import election, fencing
 from celery_stack_beat.election import Leadership, Outcome, Timing
@@ -161,3 +163,31 @@ async def test_release_wakes_a_waiting_standby(redis) -> None:
     await asyncio.wait_for(waiting, timeout=10)  # long before its 60 s
     assert await b.try_acquire() == 2
     await b.close()
+
+
+class _BrokenPubSub:
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    async def subscribe(self, *_: object) -> None:
+        raise self.error
+
+    async def aclose(self) -> None:
+        pass
+
+
+async def test_a_standby_wait_whose_pubsub_fails_logs_and_polls_and_a_bug_raises(
+    redis, caplog, monkeypatch
+) -> None:
+    lease = RedisLease(redis, "standby", T)
+    monkeypatch.setattr(
+        redis, "pubsub", lambda: _BrokenPubSub(RedisConnectionError("Redis went away"))
+    )
+    started = asyncio.get_running_loop().time()
+    await lease.wait(0.2)  # still waits the retry period: plain polling
+    assert asyncio.get_running_loop().time() - started >= 0.19
+    warned = [r for r in caplog.records if "pub/sub failed" in r.message]
+    assert warned and warned[0].identity == "standby" and "ConnectionError" in warned[0].error
+    monkeypatch.setattr(redis, "pubsub", lambda: _BrokenPubSub(TypeError("a bug")))
+    with pytest.raises(TypeError):
+        await lease.wait(0.2)

@@ -54,7 +54,7 @@ def _emit(data: Any) -> None:
 
 
 @app.command()
-def status(as_json: JsonOpt = False) -> None:
+def status(*, as_json: JsonOpt = False) -> None:
     """Redis memory and clients, queue depths (priority lists, unacked), result keys by state
     and TTL, orphans, locks by owner liveness, stuck scans, outbox age, in-flight batch ages."""
 
@@ -76,6 +76,7 @@ def status(as_json: JsonOpt = False) -> None:
 
 @app.command()
 def tasks(
+    *,
     orphaned: Annotated[
         bool | None, typer.Option("--orphaned/--not-orphaned", help="Only orphans / non-orphans.")
     ] = None,
@@ -120,6 +121,7 @@ def _print_reports(reports: list[SweepReport]) -> None:
 
 @app.command()
 def sweep(
+    *,
     only: Annotated[
         str | None, typer.Option(help=f"Comma-separated subset of: {', '.join(sweeps.SWEEPS)}.")
     ] = None,

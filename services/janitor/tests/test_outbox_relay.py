@@ -75,7 +75,9 @@ async def test_two_relays_never_send_the_same_row(settings, clean_db, redis):
     assert len(ids) == len(set(ids)) == 300
 
 
-async def test_broker_down_leaves_rows_unsent_with_the_error(settings, clean_db, free_tcp_port):
+async def test_broker_down_leaves_rows_unsent_with_the_error(
+    settings, clean_db, free_tcp_port, caplog
+):
     await write_unsent(clean_db, 3)
     dead = outbox.fail_fast(
         make_celery(settings.replace(REDIS_URL=f"redis://127.0.0.1:{free_tcp_port}/0"))
@@ -88,6 +90,9 @@ async def test_broker_down_leaves_rows_unsent_with_the_error(settings, clean_db,
         ).all()
     assert rows[0].attempts == 1 and "Connection refused" in rows[0].last_error
     assert all(r.sent_at is None for r in rows)
+    # and in the log, with the row it could not send
+    (failed,) = [r for r in caplog.records if r.message.startswith("outbox relay could not")]
+    assert failed.outbox_id and failed.task_id and failed.error
 
 
 async def test_outbox_add_refuses_an_unroutable_task(clean_db):

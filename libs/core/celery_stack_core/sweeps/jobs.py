@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from celery_stack_core import outbox
 from celery_stack_core.config import Settings
-from celery_stack_core.models import ACTIVE_JOB_STATUSES, MaintenanceJob
+from celery_stack_core.models import ACTIVE_JOB_STATUSES, JobStatus, MaintenanceJob
 from celery_stack_core.sweeps import KINDS, run
 from celery_stack_core.sweeps.base import SweepContext, SweepReport
 from celery_stack_core.sweeps.taskids import job_task_id
@@ -167,7 +167,11 @@ async def execute(ctx: SweepContext, job_id: uuid.UUID) -> str:
 
 
 async def _finish(
-    engine: AsyncEngine, job_id: uuid.UUID, status: str, report: dict[str, Any], error: str | None
+    engine: AsyncEngine,
+    job_id: uuid.UUID,
+    status: JobStatus,
+    report: dict[str, Any],
+    error: str | None,
 ) -> None:
     async with engine.begin() as conn:
         await conn.execute(

@@ -5,7 +5,8 @@
 -- Invariant: read-only, and one call is one SCAN step: COUNT (JANITOR_SCAN_COUNT) bounds its
 -- work to well under a millisecond, never a KEYS-sized block. Key names containing a newline
 -- would break the packing: they are counted as skipped, never returned (so never acted on).
--- (Reads keys it did not get in KEYS: single-Redis only, like the lock scripts.)
+-- (SCANs one node and reads keys it did not get in KEYS, Celery's, which have no hash tag:
+-- single-Redis only, as apply_results.lua; keys.py says so.)
 -- ARGV[1] cursor, ARGV[2] match pattern, ARGV[3] count
 -- Returns {next_cursor, "key expiry\nkey expiry...", "no-ttl key\n...", skipped, scanned}
 -- (expiry: unix ms, or -1 for a key without a TTL)

@@ -35,11 +35,12 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-async def _check(coro: Any) -> str:
+async def _check(name: str, coro: Any) -> str:
     try:
         await asyncio.wait_for(coro, timeout=2.0)
         return "ok"
-    except Exception as exc:
+    except Exception as exc:  # any failure is an answer here, never a 500: logged, and reported
+        log.warning("readiness check failed", extra={"check": name, "error": repr(exc)})
         return f"error: {type(exc).__name__}"
 
 
@@ -52,7 +53,10 @@ async def readyz(state: StateDep, response: Response) -> dict[str, Any]:
         async with state.engine.connect() as conn:
             await conn.execute(text("SELECT 1"))  # hand-written: the round trip is the check
 
-    checks = {"database": await _check(db()), "redis": await _check(state.redis.ping())}
+    checks = {
+        "database": await _check("database", db()),
+        "redis": await _check("redis", state.redis.ping()),
+    }
     ready = checks["database"] == "ok"
     body: dict[str, Any] = {"ready": ready, "degraded": checks["redis"] != "ok", "checks": checks}
     if not ready:
