@@ -18,7 +18,17 @@ from typing import Any
 
 import jmespath
 import pytest
-from chartlib import KEDA, RELEASE, RenderError, by_kind, helm_template, one, render_chart
+from chartlib import (
+    KEDA,
+    RELEASE,
+    RenderError,
+    by_kind,
+    containers,
+    helm_template,
+    one,
+    pod_specs,
+    render_chart,
+)
 
 FULL = f"{RELEASE}-celery-stack"
 REAL_URL = "rediss://default:s3cr%40t@redis.example:6380/2"
@@ -389,6 +399,7 @@ INIT = {"name": "warm", "image": "busybox:1.36", "command": ["true"]}
 
 def ext(kinds: tuple[str, ...] = ("liveness",)) -> dict[str, Any]:
     return {
+        "extraEnv": [{"name": "E", "value": "1"}],
         "extraEnvFrom": [{"configMapRef": {"name": "extra"}}],
         "extraVolumes": [CA],
         "extraVolumeMounts": [CA_MOUNT],
@@ -418,6 +429,7 @@ class TestExtensionPoints:
         spec = pod["spec"]
         main = next(c for c in spec["containers"] if c["name"] == container)
         assert {"configMapRef": {"name": "extra"}} in main["envFrom"]
+        assert {"name": "E", "value": "1"} in main["env"]
         assert CA in spec["volumes"] and CA_MOUNT in main["volumeMounts"]
         assert SIDECAR in spec["containers"]
         assert spec["initContainers"][-1] == INIT
@@ -448,6 +460,55 @@ class TestExtensionPoints:
                 assert CA_MOUNT in c["volumeMounts"], (name, c["name"])
         job = pod_spec(docs, "Job", f"{FULL}-migrations-1")
         assert CA in job["volumes"] and CA_MOUNT in job["containers"][0]["volumeMounts"]
+
+    def test_janitor(self):
+        """The janitor CronJob (and every JanitorPolicy's, from the same template): everything
+        but sidecars (a plain extra container keeps a Job from completing) and probes."""
+        values = {"janitor": ext()}
+        del values["janitor"]["sidecars"], values["janitor"]["probes"]
+        cron = one(render_chart(values), "CronJob", f"{FULL}-janitor")
+        pod = cron["spec"]["jobTemplate"]["spec"]["template"]
+        spec = pod["spec"]
+        (main,) = spec["containers"]
+        assert {"configMapRef": {"name": "extra"}} in main["envFrom"]
+        assert {"name": "E", "value": "1"} in main["env"]
+        assert CA in spec["volumes"] and CA_MOUNT in main["volumeMounts"]
+        assert [c["name"] for c in spec["initContainers"]] == ["wait-for-migrations", "warm"]
+        assert pod["metadata"]["annotations"] == {"team": "jobs"}
+
+    @pytest.mark.parametrize("hooks", [True, False], ids=["hooks", "plain-job"])
+    def test_global_volumes_reach_every_pod_of_the_image_and_every_mount_has_its_volume(
+        self, hooks
+    ):
+        """Global extraVolumes/extraVolumeMounts (a CA bundle for rediss:// or PostgreSQL TLS)
+        reach every container of the chart's image, the janitor's, its operator's, the job
+        template the operator stamps out and the helm test pod's included; and no container
+        of any pod mounts a volume its pod lacks (the API server refuses such a pod, so a
+        CronJob's pods would never start)."""
+        values = {
+            "extraVolumes": [CA],
+            "extraVolumeMounts": [CA_MOUNT],
+            "extraEnv": [{"name": "SSL_CERT_FILE", "value": "/etc/corp-ca/ca.crt"}],
+            "janitor": {"operator": {"enabled": True}},
+            "migrations": {"useHelmHooks": hooks},
+            "flower": {"enabled": True, "basicAuthSecret": "f"},
+        }
+        docs = render_chart(values)
+        image = pod_spec(docs, "Deployment", f"{FULL}-api")["containers"][0]["image"]
+        pods = dict(pod_specs(docs))
+        template = one(docs, "ConfigMap", f"{FULL}-janitor-operator")["data"]["job-template.json"]
+        pods["operator job template"] = json.loads(template)["spec"]["template"]["spec"]
+        ours = 0
+        for name, spec in pods.items():
+            volumes = {v["name"] for v in spec.get("volumes", [])}
+            for c in containers(spec):
+                mounts = {m["name"] for m in c.get("volumeMounts", [])}
+                assert mounts <= volumes, (name, c["name"], mounts - volumes)
+                # the admin-token hook talks to the API server only (its CA: the ServiceAccount's)
+                if c["image"] == image and not name.endswith("-admin-token"):
+                    ours += 1
+                    assert CA_MOUNT in c["volumeMounts"], (name, c["name"])
+        assert ours >= 12
 
     def test_ingress_hosts_paths_path_types_and_extra_tls(self):
         values = {
