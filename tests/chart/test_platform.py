@@ -219,15 +219,32 @@ class TestGitOps:
         docs = render_chart({"auth": auth})
         assert not [d for d in docs if "admin-token" in d["metadata"]["name"]]
 
-    def test_plain_migrations_job_is_named_after_image_and_chart(self):
+    def test_plain_migrations_job_is_named_after_its_spec(self):
+        """A Job's pod template is immutable: whatever changes it (a new image, but also a log
+        level, resources, annotations) must come with a new name, or the next apply fails with
+        "field is immutable" and every later sync with it; values that leave it alone keep the
+        name, so a re-sync changes nothing."""
+
         def job(values: dict[str, Any]) -> dict[str, Any]:
             docs = render_chart({"migrations": {"useHelmHooks": False}, **values})
             (found,) = [d for d in by_kind(docs, "Job") if "migrations" in d["metadata"]["name"]]
             return found
 
-        a, b = job({}), job({"image": {"tag": "0.2.0"}})
-        assert a["metadata"]["name"] != b["metadata"]["name"]  # a new image: a new Job
-        assert a["metadata"]["name"] == job({"logLevel": "DEBUG"})["metadata"]["name"]
+        variants = [
+            {},
+            {"image": {"tag": "0.2.0"}},
+            {"logLevel": "DEBUG"},
+            {"migrations": {"resources": {"limits": {"memory": "512Mi"}}}},
+            {"podAnnotations": {"team": "jobs"}},
+            {"api": {"replicas": 5}},  # not the Job's business
+        ]
+        jobs = [job(v) for v in variants]
+        for a in jobs:
+            for b in jobs:
+                same_name = a["metadata"]["name"] == b["metadata"]["name"]
+                assert same_name == (a["spec"] == b["spec"]), (a["metadata"], b["metadata"])
+        assert jobs[0]["metadata"]["name"] == jobs[-1]["metadata"]["name"]
+        a = jobs[0]
         assert "ttlSecondsAfterFinished" not in a["spec"]  # a GitOps tool would recreate it
         assert a["metadata"]["annotations"]["argocd.argoproj.io/sync-wave"] == "-1"
         assert "helm.sh/hook" not in a["metadata"]["annotations"]
