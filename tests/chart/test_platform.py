@@ -330,6 +330,31 @@ class TestServiceAccounts:
         # components without RBAC may run as the namespace's default
         assert pod_spec(docs, "Deployment", f"{FULL}-api")["serviceAccountName"] == "default"
 
+    def test_janitor_and_its_operator_bind_their_roles_to_named_accounts(self):
+        values: dict[str, Any] = {
+            "serviceAccount": {"create": False},
+            "janitor": {"operator": {"enabled": True}},
+        }
+        assert "serviceAccount.name.janitorOperator" in render_error(values)
+        values["serviceAccount"]["name"] = {
+            "adminToken": "t",
+            "janitor": "sweeper",
+            "janitorOperator": "reconciler",
+        }
+        docs = render_chart(values)
+        for component, account in (("janitor", "sweeper"), ("janitor-operator", "reconciler")):
+            binding = one(docs, "RoleBinding", f"{FULL}-{component}")
+            assert binding["subjects"][0]["name"] == account
+        cron = one(docs, "CronJob", f"{FULL}-janitor")["spec"]["jobTemplate"]["spec"]["template"]
+        assert cron["spec"]["serviceAccountName"] == "sweeper"
+        operator = pod_spec(docs, "Deployment", f"{FULL}-janitor-operator")
+        assert operator["serviceAccountName"] == "reconciler"
+        assert not by_kind(docs, "ServiceAccount")  # existing accounts: nothing created
+        # created under the given names
+        values["serviceAccount"]["create"] = True
+        created = {sa["metadata"]["name"] for sa in by_kind(render_chart(values), "ServiceAccount")}
+        assert {"sweeper", "reconciler"} <= created
+
     def test_named_accounts_are_created_under_their_names(self):
         names = {"api": "web", "worker": "jobs", "migrations": "schema"}
         docs = render_chart({"serviceAccount": {"name": names}})
