@@ -522,9 +522,10 @@ class TestExtensionPoints:
     def test_global_volumes_reach_every_pod_of_the_image_and_every_mount_has_its_volume(
         self, hooks
     ):
-        """Global extraVolumes/extraVolumeMounts (a CA bundle for rediss:// or PostgreSQL TLS)
-        reach every container of the chart's image, the janitor's, its operator's, the job
-        template the operator stamps out and the helm test pod's included; and no container
+        """Global extraVolumes/extraVolumeMounts and extraEnv (a CA bundle for rediss:// or
+        PostgreSQL TLS) reach every container that connects: the chart's image - the janitor's,
+        its operator's, the job template the operator stamps out and the helm test pod's
+        included - and Flower; and no container
         of any pod mounts a volume its pod lacks (the API server refuses such a pod, so a
         CronJob's pods would never start)."""
         values = {
@@ -547,10 +548,12 @@ class TestExtensionPoints:
                 mounts = {m["name"] for m in c.get("volumeMounts", [])}
                 assert mounts <= volumes, (name, c["name"], mounts - volumes)
                 # the admin-token hook talks to the API server only (its CA: the ServiceAccount's)
-                if c["image"] == image and not name.endswith("-admin-token"):
+                connects = c["image"] == image and not name.endswith("-admin-token")
+                if connects or c["name"] == "flower":  # Flower reads the broker too
                     ours += 1
                     assert CA_MOUNT in c["volumeMounts"], (name, c["name"])
-        assert ours >= 12
+                    assert {"name": "SSL_CERT_FILE", "value": "/etc/corp-ca/ca.crt"} in c["env"]
+        assert ours >= 13
 
     def test_ingress_hosts_paths_path_types_and_extra_tls(self):
         values = {
