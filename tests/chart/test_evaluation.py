@@ -205,6 +205,32 @@ class TestToggles:
         assert first == second
 
 
+class TestInstallOrder:
+    def test_no_pre_install_hook_waits_for_the_bundled_postgresql(self):
+        """Helm runs pre-install hooks before it creates the release's objects: a migrations
+        hook would wait for a PostgreSQL that only comes after it, until its deadline, and the
+        single `helm install` would fail. With the bundled PostgreSQL the migrations Job is
+        the plain one (the other pods' wait-for-migrations init containers wait for it)."""
+        docs = render_chart(EVALUATION)
+        hooks = [d for d in docs if "helm.sh/hook" in d["metadata"].get("annotations", {})]
+        for hook in hooks:
+            if "pre-install" not in hook["metadata"]["annotations"]["helm.sh/hook"]:
+                continue
+            assert hook["kind"] != "StatefulSet"
+            if hook["kind"] == "Job":
+                for c in hook["spec"]["template"]["spec"]["containers"]:
+                    names = {e["name"] for e in c.get("env", [])}
+                    assert "DATABASE_URL" not in names, hook["metadata"]["name"]
+        (job,) = [d for d in by_kind(docs, "Job") if "-migrations-" in d["metadata"]["name"]]
+        assert "helm.sh/hook" not in job["metadata"].get("annotations", {})
+        assert not [d for d in hooks if "migrations" in d["metadata"]["name"]]
+
+    def test_an_external_postgresql_keeps_the_hook(self):
+        docs = render_chart(REDIS_ON)
+        job = one(docs, "Job", f"{FULL}-migrations-1")
+        assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
+
+
 class TestRedisRuns:
     def test_the_rendered_command_runs_and_its_probes_answer(self, tmp_path: Path):
         """The bundled Redis's command and args as rendered, run by a real redis-server (the
