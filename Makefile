@@ -81,7 +81,7 @@ k8s: tools install ## Regenerate k8s/base from the chart (a test fails when it d
 	$(UV) run --frozen python tests/chart/render_k8s.py
 
 .PHONY: image
-image: tools ## Build the image wherever an engine answers (local base images when no registry is reachable); report its size.
+image: tools ## Build the image for real (as root, starts dockerd - installing docker.io - when no engine answers; local base images when no registry is reachable); report size and build time.
 	.tools/bin/hadolint Dockerfile
 	IMAGE=$(IMAGE) scripts/image/build.sh
 

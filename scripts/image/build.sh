@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # `make image`: build the image for real wherever a Docker engine answers.
-# 1. No engine: lint the Dockerfile only and say why (exit 0).
+# 1. No engine answers: as root, install Debian's docker.io if it is missing and start dockerd
+#    (host networking only: no bridge, no iptables rules; it keeps running, log in
+#    .run/dockerd.log); otherwise lint the Dockerfile only and say why (exit 0).
 # 2. Base images: the official ones (Dockerfile defaults) when present or pullable; otherwise,
 #    where no registry is reachable, the local equivalents (scripts/image/local-bases.sh).
 # 3. docker build with BuildKit (RUN --mount) on the host network (RUN steps reach PyPI even when
@@ -17,9 +19,26 @@ if [ -z "${DOCKER:-}" ]; then
 fi
 export DOCKER DOCKER_BUILDKIT=1
 
-if ! command -v "$DOCKER" >/dev/null 2>&1 || ! $DOCKER info >/dev/null 2>&1; then
-    echo "image: no Docker engine answers here; Dockerfile linted (hadolint), build skipped"
-    exit 0
+answers() { command -v "$DOCKER" >/dev/null 2>&1 && timeout 20 $DOCKER info >/dev/null 2>&1; }
+start_engine() {
+    if ! command -v dockerd >/dev/null 2>&1; then
+        command -v apt-get >/dev/null 2>&1 || return 1
+        echo "image: no Docker engine here: installing Debian's docker.io"
+        apt-get update -q >/dev/null && apt-get install -y -q docker.io >/dev/null || return 1
+        DOCKER=/usr/bin/docker
+    fi
+    echo "image: starting dockerd (host network only; log .run/dockerd.log)"
+    mkdir -p .run
+    setsid dockerd --bridge=none --iptables=false --ip6tables=false >.run/dockerd.log 2>&1 &
+    for _ in $(seq 60); do answers && return 0; sleep 1; done
+    return 1
+}
+if ! answers; then
+    if [ "$(id -u)" != 0 ] || ! start_engine; then
+        echo "image: no Docker engine answers here and none can be started (needs root and" \
+            "docker.io); Dockerfile linted (hadolint), build skipped"
+        exit 0
+    fi
 fi
 
 available() {
@@ -27,7 +46,9 @@ available() {
 }
 if ! available "$PYTHON_IMAGE" || ! available "$UV_IMAGE"; then
     echo "image: $PYTHON_IMAGE / $UV_IMAGE cannot be pulled (no registry): building local bases"
+    bases_started=$(date +%s)
     eval "$(scripts/image/local-bases.sh)"
+    echo "image: local bases $PYTHON_IMAGE + $UV_IMAGE ready in $(( $(date +%s) - bases_started ))s"
 fi
 
 # The host's CA bundle as a build secret: uv inside the build reaches PyPI through the same

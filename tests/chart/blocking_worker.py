@@ -1,7 +1,8 @@
-"""A Celery worker with the product's liveness steps (celery_stack_core.liveness) and one extra
-remote control command that blocks its event loop, the way a wedged loop does: the only way to
-block a real worker's loop from outside. test_scripts.py runs the chart's rendered liveness probe
-against it.
+"""A Celery worker with the product's liveness steps (celery_stack_core.liveness) and two extra
+remote control commands that wedge it from outside: one blocks its event loop; the other stops
+it polling Redis the way the known kombu hang after a Redis restart did (the transport's poll
+start dropped from the loop's tick callbacks: connection up, queues set, pings still answered,
+no BRPOP ever sent again). test_scripts.py runs the chart's rendered liveness probe against it.
 """
 
 from __future__ import annotations
@@ -25,3 +26,18 @@ liveness.install(
 def block_loop(state: Any, seconds: float = 30.0) -> dict[str, str]:
     time.sleep(seconds)  # runs in the consumer's event loop: nothing else of the loop runs
     return {"ok": "unblocked"}
+
+
+@control_command()  # type: ignore[untyped-decorator]
+def stall_polling(state: Any) -> dict[str, int]:
+    hub = state.consumer.hub
+    dropped = [
+        cb
+        for cb in list(hub.on_tick)
+        if getattr(cb, "__qualname__", "").endswith(
+            "register_with_event_loop.<locals>.on_poll_start"
+        )
+    ]
+    for cb in dropped:
+        hub.on_tick.discard(cb)
+    return {"dropped": len(dropped)}

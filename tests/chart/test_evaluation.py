@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import shutil
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import pytest
+import redis
 from chartlib import (
     CHART,
     EVALUATION,
@@ -27,6 +31,8 @@ from chartlib import (
     strip,
     tool,
 )
+
+from celery_stack_devstack.servers import free_port, redis_binary
 
 FULL = f"{RELEASE}-celery-stack"
 PASSWORD = EVALUATION["evaluation"]["postgresql"]["password"]
@@ -197,6 +203,67 @@ class TestToggles:
             check=True,
         ).stdout
         assert first == second
+
+
+class TestInstallOrder:
+    def test_no_pre_install_hook_waits_for_the_bundled_postgresql(self):
+        """Helm runs pre-install hooks before it creates the release's objects: a migrations
+        hook would wait for a PostgreSQL that only comes after it, until its deadline, and the
+        single `helm install` would fail. With the bundled PostgreSQL the migrations Job is
+        the plain one (the other pods' wait-for-migrations init containers wait for it)."""
+        docs = render_chart(EVALUATION)
+        hooks = [d for d in docs if "helm.sh/hook" in d["metadata"].get("annotations", {})]
+        for hook in hooks:
+            if "pre-install" not in hook["metadata"]["annotations"]["helm.sh/hook"]:
+                continue
+            assert hook["kind"] != "StatefulSet"
+            if hook["kind"] == "Job":
+                for c in hook["spec"]["template"]["spec"]["containers"]:
+                    names = {e["name"] for e in c.get("env", [])}
+                    assert "DATABASE_URL" not in names, hook["metadata"]["name"]
+        (job,) = [d for d in by_kind(docs, "Job") if "-migrations-" in d["metadata"]["name"]]
+        assert "helm.sh/hook" not in job["metadata"].get("annotations", {})
+        assert not [d for d in hooks if "migrations" in d["metadata"]["name"]]
+
+    def test_an_external_postgresql_keeps_the_hook(self):
+        docs = render_chart(REDIS_ON)
+        job = one(docs, "Job", f"{FULL}-migrations-1")
+        assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
+
+
+class TestRedisRuns:
+    def test_the_rendered_command_runs_and_its_probes_answer(self, tmp_path: Path):
+        """The bundled Redis's command and args as rendered, run by a real redis-server (the
+        machine's; the pod runs the official image's), on a port of this test; its rendered
+        probes answer, and the loss-bound settings are live."""
+        ctr = pod_spec(render_chart(REDIS_ON), "redis")["containers"][0]
+        port = str(free_port())
+        assert ctr["command"] == ["redis-server"]
+        args = [port if a == "6379" else str(tmp_path) if a == "/data" else a for a in ctr["args"]]
+        server = subprocess.Popen([redis_binary(), *args], stdout=subprocess.DEVNULL)
+        try:
+            client = redis.Redis(port=int(port))
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    client.ping()
+                    break
+                except redis.ConnectionError:
+                    assert time.monotonic() < deadline and server.poll() is None
+                    time.sleep(0.2)
+            assert client.config_get("appendonly") == {"appendonly": "yes"}
+            assert client.config_get("appendfsync") == {"appendfsync": "everysec"}
+            policy = client.config_get("maxmemory-policy")
+            assert policy == {"maxmemory-policy": "noeviction"}
+            client.close()
+            if shutil.which("redis-cli"):
+                for probe in ("readinessProbe", "livenessProbe"):
+                    cmd = [c.replace("6379", port) for c in ctr[probe]["exec"]["command"]]
+                    env = {**os.environ, "PATH": os.environ.get("PATH", "")}
+                    assert subprocess.run(cmd, env=env, timeout=10).returncode == 0, probe
+        finally:
+            server.terminate()
+            server.wait(30)
 
 
 class TestSecurity:

@@ -18,7 +18,17 @@ from typing import Any
 
 import jmespath
 import pytest
-from chartlib import KEDA, RELEASE, RenderError, by_kind, helm_template, one, render_chart
+from chartlib import (
+    KEDA,
+    RELEASE,
+    RenderError,
+    by_kind,
+    containers,
+    helm_template,
+    one,
+    pod_specs,
+    render_chart,
+)
 
 FULL = f"{RELEASE}-celery-stack"
 REAL_URL = "rediss://default:s3cr%40t@redis.example:6380/2"
@@ -209,15 +219,32 @@ class TestGitOps:
         docs = render_chart({"auth": auth})
         assert not [d for d in docs if "admin-token" in d["metadata"]["name"]]
 
-    def test_plain_migrations_job_is_named_after_image_and_chart(self):
+    def test_plain_migrations_job_is_named_after_its_spec(self):
+        """A Job's pod template is immutable: whatever changes it (a new image, but also a log
+        level, resources, annotations) must come with a new name, or the next apply fails with
+        "field is immutable" and every later sync with it; values that leave it alone keep the
+        name, so a re-sync changes nothing."""
+
         def job(values: dict[str, Any]) -> dict[str, Any]:
             docs = render_chart({"migrations": {"useHelmHooks": False}, **values})
             (found,) = [d for d in by_kind(docs, "Job") if "migrations" in d["metadata"]["name"]]
             return found
 
-        a, b = job({}), job({"image": {"tag": "0.2.0"}})
-        assert a["metadata"]["name"] != b["metadata"]["name"]  # a new image: a new Job
-        assert a["metadata"]["name"] == job({"logLevel": "DEBUG"})["metadata"]["name"]
+        variants = [
+            {},
+            {"image": {"tag": "0.2.0"}},
+            {"logLevel": "DEBUG"},
+            {"migrations": {"resources": {"limits": {"memory": "512Mi"}}}},
+            {"podAnnotations": {"team": "jobs"}},
+            {"api": {"replicas": 5}},  # not the Job's business
+        ]
+        jobs = [job(v) for v in variants]
+        for a in jobs:
+            for b in jobs:
+                same_name = a["metadata"]["name"] == b["metadata"]["name"]
+                assert same_name == (a["spec"] == b["spec"]), (a["metadata"], b["metadata"])
+        assert jobs[0]["metadata"]["name"] == jobs[-1]["metadata"]["name"]
+        a = jobs[0]
         assert "ttlSecondsAfterFinished" not in a["spec"]  # a GitOps tool would recreate it
         assert a["metadata"]["annotations"]["argocd.argoproj.io/sync-wave"] == "-1"
         assert "helm.sh/hook" not in a["metadata"]["annotations"]
@@ -302,6 +329,31 @@ class TestServiceAccounts:
         assert not by_kind(docs, "ServiceAccount")  # nothing created
         # components without RBAC may run as the namespace's default
         assert pod_spec(docs, "Deployment", f"{FULL}-api")["serviceAccountName"] == "default"
+
+    def test_janitor_and_its_operator_bind_their_roles_to_named_accounts(self):
+        values: dict[str, Any] = {
+            "serviceAccount": {"create": False},
+            "janitor": {"operator": {"enabled": True}},
+        }
+        assert "serviceAccount.name.janitorOperator" in render_error(values)
+        values["serviceAccount"]["name"] = {
+            "adminToken": "t",
+            "janitor": "sweeper",
+            "janitorOperator": "reconciler",
+        }
+        docs = render_chart(values)
+        for component, account in (("janitor", "sweeper"), ("janitor-operator", "reconciler")):
+            binding = one(docs, "RoleBinding", f"{FULL}-{component}")
+            assert binding["subjects"][0]["name"] == account
+        cron = one(docs, "CronJob", f"{FULL}-janitor")["spec"]["jobTemplate"]["spec"]["template"]
+        assert cron["spec"]["serviceAccountName"] == "sweeper"
+        operator = pod_spec(docs, "Deployment", f"{FULL}-janitor-operator")
+        assert operator["serviceAccountName"] == "reconciler"
+        assert not by_kind(docs, "ServiceAccount")  # existing accounts: nothing created
+        # created under the given names
+        values["serviceAccount"]["create"] = True
+        created = {sa["metadata"]["name"] for sa in by_kind(render_chart(values), "ServiceAccount")}
+        assert {"sweeper", "reconciler"} <= created
 
     def test_named_accounts_are_created_under_their_names(self):
         names = {"api": "web", "worker": "jobs", "migrations": "schema"}
@@ -389,6 +441,7 @@ INIT = {"name": "warm", "image": "busybox:1.36", "command": ["true"]}
 
 def ext(kinds: tuple[str, ...] = ("liveness",)) -> dict[str, Any]:
     return {
+        "extraEnv": [{"name": "E", "value": "1"}],
         "extraEnvFrom": [{"configMapRef": {"name": "extra"}}],
         "extraVolumes": [CA],
         "extraVolumeMounts": [CA_MOUNT],
@@ -418,6 +471,7 @@ class TestExtensionPoints:
         spec = pod["spec"]
         main = next(c for c in spec["containers"] if c["name"] == container)
         assert {"configMapRef": {"name": "extra"}} in main["envFrom"]
+        assert {"name": "E", "value": "1"} in main["env"]
         assert CA in spec["volumes"] and CA_MOUNT in main["volumeMounts"]
         assert SIDECAR in spec["containers"]
         assert spec["initContainers"][-1] == INIT
@@ -448,6 +502,58 @@ class TestExtensionPoints:
                 assert CA_MOUNT in c["volumeMounts"], (name, c["name"])
         job = pod_spec(docs, "Job", f"{FULL}-migrations-1")
         assert CA in job["volumes"] and CA_MOUNT in job["containers"][0]["volumeMounts"]
+
+    def test_janitor(self):
+        """The janitor CronJob (and every JanitorPolicy's, from the same template): everything
+        but sidecars (a plain extra container keeps a Job from completing) and probes."""
+        values = {"janitor": ext()}
+        del values["janitor"]["sidecars"], values["janitor"]["probes"]
+        cron = one(render_chart(values), "CronJob", f"{FULL}-janitor")
+        pod = cron["spec"]["jobTemplate"]["spec"]["template"]
+        spec = pod["spec"]
+        (main,) = spec["containers"]
+        assert {"configMapRef": {"name": "extra"}} in main["envFrom"]
+        assert {"name": "E", "value": "1"} in main["env"]
+        assert CA in spec["volumes"] and CA_MOUNT in main["volumeMounts"]
+        assert [c["name"] for c in spec["initContainers"]] == ["wait-for-migrations", "warm"]
+        assert pod["metadata"]["annotations"] == {"team": "jobs"}
+
+    @pytest.mark.parametrize("hooks", [True, False], ids=["hooks", "plain-job"])
+    def test_global_volumes_reach_every_pod_of_the_image_and_every_mount_has_its_volume(
+        self, hooks
+    ):
+        """Global extraVolumes/extraVolumeMounts and extraEnv (a CA bundle for rediss:// or
+        PostgreSQL TLS) reach every container that connects: the chart's image - the janitor's,
+        its operator's, the job template the operator stamps out and the helm test pod's
+        included - and Flower; and no container
+        of any pod mounts a volume its pod lacks (the API server refuses such a pod, so a
+        CronJob's pods would never start)."""
+        values = {
+            "extraVolumes": [CA],
+            "extraVolumeMounts": [CA_MOUNT],
+            "extraEnv": [{"name": "SSL_CERT_FILE", "value": "/etc/corp-ca/ca.crt"}],
+            "janitor": {"operator": {"enabled": True}},
+            "migrations": {"useHelmHooks": hooks},
+            "flower": {"enabled": True, "basicAuthSecret": "f"},
+        }
+        docs = render_chart(values)
+        image = pod_spec(docs, "Deployment", f"{FULL}-api")["containers"][0]["image"]
+        pods = dict(pod_specs(docs))
+        template = one(docs, "ConfigMap", f"{FULL}-janitor-operator")["data"]["job-template.json"]
+        pods["operator job template"] = json.loads(template)["spec"]["template"]["spec"]
+        ours = 0
+        for name, spec in pods.items():
+            volumes = {v["name"] for v in spec.get("volumes", [])}
+            for c in containers(spec):
+                mounts = {m["name"] for m in c.get("volumeMounts", [])}
+                assert mounts <= volumes, (name, c["name"], mounts - volumes)
+                # the admin-token hook talks to the API server only (its CA: the ServiceAccount's)
+                connects = c["image"] == image and not name.endswith("-admin-token")
+                if connects or c["name"] == "flower":  # Flower reads the broker too
+                    ours += 1
+                    assert CA_MOUNT in c["volumeMounts"], (name, c["name"])
+                    assert {"name": "SSL_CERT_FILE", "value": "/etc/corp-ca/ca.crt"} in c["env"]
+        assert ours >= 13
 
     def test_ingress_hosts_paths_path_types_and_extra_tls(self):
         values = {

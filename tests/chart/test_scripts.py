@@ -168,10 +168,11 @@ OUTAGE_SECONDS = 90
 
 class TestWorkerLiveness:
     """Liveness means "wedged", never "a dependency is down" (issue 12 item 1). The chart's
-    rendered probe commands run against real workers, each on a Redis of its own, the three
+    rendered probe commands run against real workers, each on a Redis of its own, the four
     phases at once: a 90 s Redis outage must not fail liveness, and the worker consumes again
     afterwards; a consumer cancelled while the broker is up, and a blocked event loop, fail
-    liveness within maxHeartbeatAge (+ two missed ticks)."""
+    liveness within maxHeartbeatAge (+ two missed ticks), and so does a worker that stops polling
+    Redis while it still answers pings (the kombu hang after a Redis restart)."""
 
     def test_outage_is_not_a_wedge_but_a_wedge_is(self, settings, start_service, tmp_path):
         ctr = worker(render_chart({**FAST_PROBES, "queues": {"counters": {"concurrency": 1}}}))
@@ -237,12 +238,21 @@ class TestWorkerLiveness:
             app.control.broadcast("block_loop", arguments={"seconds": window + 15}, reply=False)
             app.close()
 
+        def stall(env: dict[str, str]) -> None:
+            app = Celery("stall", broker=env["REDIS_URL"], set_as_current=False)
+            (reply,) = app.control.broadcast("stall_polling", reply=True, timeout=10)
+            assert next(iter(reply.values())) == {"dropped": 1}, reply
+            # still answers pings: the wedge a `celery inspect ping` probe would miss
+            assert app.control.ping(timeout=5)
+            app.close()
+
         blocking = ["celery", "-A", "blocking_worker", "worker", "-Q", "counters", "-c", "1"]
         servers: list[RedisServer] = []
         phases = [
             outage,
             lambda: wedged("cancelled", cancel, ctr["command"]),
             lambda: wedged("blocked", block, blocking, PYTHONPATH=str(Path(__file__).parent)),
+            lambda: wedged("stalled", stall, blocking, PYTHONPATH=str(Path(__file__).parent)),
         ]
         try:
             with ThreadPoolExecutor(len(phases)) as pool:

@@ -34,7 +34,9 @@ from celery_stack_core.config import DEV_USER_TOKEN
 from celery_stack_devstack.pytest_plugin import wait_until
 from celery_stack_devstack.servers import RedisServer, free_port
 
-pytestmark = pytest.mark.e2e
+# The first test's budget covers the module's fixtures too (pytest-timeout counts setup): on a
+# fresh machine that is installing docker.io, debootstrapping the base and building the image.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "chart"))
 from chartlib import CHART, RELEASE, one, render_chart  # noqa: E402
@@ -61,13 +63,22 @@ def _answers(cli: str) -> bool:
         return False
 
 
+@dataclass
+class Engine:
+    cli: str
+    setup_seconds: float  # 0 where an engine already answered; else install + start of dockerd
+    how: str
+
+
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
     """An answering Docker engine: the machine's, or dockerd started here (root only)."""
+    started = time.monotonic()
     cli = docker_cli()
     if _answers(cli):
-        yield cli
+        yield Engine(cli, 0.0, "the machine's engine")
         return
+    how = "dockerd started by the test"
     if os.geteuid() != 0:
         pytest.skip("no Docker engine answers, and starting dockerd needs root")
     if not shutil.which("dockerd"):
@@ -80,6 +91,7 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         if inst.returncode != 0:
             pytest.skip(f"apt-get install docker.io failed: {inst.stderr.decode()[-300:]}")
         cli = docker_cli()
+        how = "docker.io installed and dockerd started by the test"
     log = open(tmp_path_factory.mktemp("dockerd") / "dockerd.log", "wb")  # noqa: SIM115
     # host-network containers only: no bridge, no iptables rules on a shared machine
     daemon = subprocess.Popen(
@@ -96,7 +108,7 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 tail = Path(log.name).read_text()[-500:]
                 pytest.skip(f"dockerd cannot run here: {tail}")
             time.sleep(1)
-        yield cli
+        yield Engine(cli, time.monotonic() - started, how)
     finally:
         daemon.terminate()
         try:
@@ -116,12 +128,12 @@ class Built:
 
 
 @pytest.fixture(scope="module")
-def image(engine: str) -> Built:
+def image(engine: Engine) -> Built:
     """`make image`'s script, for real: local base images where no registry is reachable."""
     started = time.monotonic()
     proc = subprocess.run(
         [str(ROOT / "scripts" / "image" / "build.sh")],
-        env={**os.environ, "IMAGE": IMAGE, "DOCKER": engine},
+        env={**os.environ, "IMAGE": IMAGE, "DOCKER": engine.cli},
         capture_output=True,
         text=True,
         timeout=1800,
@@ -130,7 +142,16 @@ def image(engine: str) -> Built:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     m = re.search(r"size \d+ MiB \((\d+) bytes\)", proc.stdout)
     assert m, proc.stdout
-    return Built(engine, time.monotonic() - started, int(m.group(1)))
+    bases = re.search(r"local bases .* ready in (\d+)s", proc.stdout)
+    docker_build = re.search(r"built in (\d+)s", proc.stdout)
+    assert docker_build, proc.stdout
+    report: dict[str, object] = {
+        "engine": engine.how,
+        "engine_setup_seconds": round(engine.setup_seconds, 1),
+        "local_bases_seconds": int(bases.group(1)) if bases else None,  # None: pulled/cached
+        "docker_build_seconds": int(docker_build.group(1)),
+    }
+    return Built(engine.cli, time.monotonic() - started, int(m.group(1)), report)
 
 
 def docker(cli: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -374,7 +395,8 @@ def test_image_runs_the_stack_and_stops_cleanly(image: Built, stack: Stack, tmp_
     report = {
         "image": IMAGE,
         "image_size_mib": round(image.size / 1024 / 1024, 1),
-        "build_seconds": round(image.seconds, 1),
+        "build_seconds": round(image.seconds, 1),  # make image's script: bases + build
+        **image.report,
         "cold_start_seconds": {k: round(v, 1) for k, v in cold.items()},
         "sigterm_exit_seconds": {k: round(v, 1) for k, v in stops.items()},
     }

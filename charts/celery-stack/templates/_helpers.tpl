@@ -215,6 +215,15 @@ enableTLS: {{ $t.enableTLS }}
 {{- end -}}
 {{- end -}}
 
+{{/* The migrations Job is a pre-install/pre-upgrade hook (migrations.useHelmHooks), except with
+the bundled PostgreSQL: hooks run before the release's other objects are created, so the hook would
+wait for a database that only comes after it, until its deadline, and `helm install` would fail.
+There it is the plain Job (named after its spec), which the wait-for-migrations init containers
+wait for. "true" or "". */}}
+{{- define "celery-stack.migrationsHook" -}}
+{{- if and .Values.migrations.useHelmHooks (not .Values.evaluation.postgresql.enabled) -}}true{{- end -}}
+{{- end -}}
+
 {{/* ---------------------------------------------------------------- evaluation stores
 The bundled Redis / PostgreSQL (evaluation.*.enabled, templates/evaluation/): the connection URLs
 then point at their Services. A URL or existingSecret the user gave as well would be silently

@@ -7,7 +7,8 @@
 
 - ALIVE (`WORKER_HEARTBEAT_FILE`) backs the liveness probe. It goes stale only when the worker
   is wedged: connected to a reachable broker yet consuming nothing (the kombu hang after a Redis
-  restart, a cancelled consumer) or its event loop blocked. A broker outage keeps it fresh:
+  restart: no BRPOP sent any more although the prefetch limit allows one; a cancelled consumer)
+  or its event loop blocked. A broker outage keeps it fresh:
   restarting every worker of the fleet during one helps nothing, and the consumer reconnects by
   itself once Redis is back.
 - CONSUMING (`<WORKER_HEARTBEAT_FILE>.consuming`) backs the startup and readiness probes: fresh
@@ -67,11 +68,35 @@ class _State:
         self.last_consuming = float("-inf")
 
 
+# A BRPOP is re-sent after every reply and every brpop_timeout (1 s) while the consumer polls;
+# none for this long past that timeout means the loop stopped polling.
+POLL_GRACE_SECONDS = 5.0
+
+
 def _consuming(c: Any) -> bool:
     conn = c.connection
     if conn is None or not conn.connected or c.task_consumer is None:
         return False
-    return bool(c.task_consumer.queues)  # connected but consuming from nothing is a wedge
+    if not c.task_consumer.queues:  # connected but consuming from nothing is a wedge
+        return False
+    return _polling(c.task_consumer.channel)
+
+
+def _polling(channel: Any) -> bool:
+    """Whether the Redis channel still asks for messages: the kombu hang after a Redis restart
+    leaves the connection up, the consumer's queues set and the loop ticking (pings answered),
+    but no BRPOP is ever sent again. A channel at its prefetch limit sends none by design (its
+    worker is busy, not wedged). Transports without kombu's BRPOP bookkeeping (kombu < 5.7's
+    `_brpop_sent_at`, or not Redis) are judged by the checks above only."""
+    qos = getattr(channel, "qos", None)
+    if qos is not None and not qos.can_consume():
+        return True
+    if not hasattr(channel, "_brpop_sent_at"):
+        return True
+    sent = channel._brpop_sent_at
+    if sent is None:  # none sent yet on this connection
+        return False
+    return time.monotonic() - sent < channel.brpop_timeout + POLL_GRACE_SECONDS
 
 
 class ConsumingTick(bootsteps.StartStopStep):  # type: ignore[misc]

@@ -36,6 +36,10 @@ spec:
         {{- with $root.Values.podLabels }}
         {{- toYaml . | nindent 8 }}
         {{- end }}
+      {{- with (merge (dict) ($c.podAnnotations | default dict) ($root.Values.podAnnotations | default dict)) }}
+      annotations:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
     spec:
       restartPolicy: Never
       serviceAccountName: {{ include "celery-stack.serviceAccountName" (dict "root" $root "component" "janitor") }}
@@ -43,7 +47,7 @@ spec:
       automountServiceAccountToken: true
       securityContext:
         {{- include "celery-stack.podSecurityContext" $root | nindent 8 }}
-      {{- with (include "celery-stack.waitForMigrations" $root | trim) }}
+      {{- with (include "celery-stack.initContainers" (dict "root" $root "c" $c "wait" true) | trim) }}
       initContainers:
         {{- . | nindent 8 }}
       {{- end }}
@@ -64,13 +68,18 @@ spec:
             {{- end }}
           envFrom:
             {{- include "celery-stack.envFrom" $root | nindent 12 }}
+            {{- with $c.extraEnvFrom }}
+            {{- toYaml . | nindent 12 }}
+            {{- end }}
           resources:
             {{- toYaml $c.resources | nindent 12 }}
           securityContext:
             {{- include "celery-stack.securityContext" $root | nindent 12 }}
           volumeMounts:
             {{- include "celery-stack.tmpMount" $root | nindent 12 }}
+            {{- with (include "celery-stack.extraVolumeMounts" (dict "root" $root "c" $c) | trim) }}{{ . | nindent 12 }}{{- end }}
       volumes:
         {{- include "celery-stack.tmpVolume" $root | nindent 8 }}
         {{- include "celery-stack.scriptsVolume" $root | nindent 8 }}
+        {{- with (include "celery-stack.extraVolumes" (dict "root" $root "c" $c) | trim) }}{{ . | nindent 8 }}{{- end }}
 {{- end -}}
