@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -237,8 +238,35 @@ async def _invalid(request: Request, exc: RequestValidationError) -> JSONRespons
     return problem(status.HTTP_422_UNPROCESSABLE_CONTENT, detail, errors)
 
 
+def _documented_methods(app: FastAPI) -> list[tuple[re.Pattern[str], str]]:
+    table: list[tuple[re.Pattern[str], str]] | None = getattr(app.state, "allow_table", None)
+    if table is None:
+        # literal paths before templated ones (`/scans/{id}` before `/{target}/{id}`)
+        paths = sorted(app.openapi()["paths"].items(), key=lambda kv: kv[0].count("{"))
+        table = [
+            (re.compile("^" + re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(path)) + "$"),
+             ", ".join(sorted(m.upper() for m in item)))
+            for path, item in paths
+        ]  # fmt: skip
+        app.state.allow_table = table
+    return table
+
+
+def allowed_methods(request: Request) -> str | None:
+    """The methods the OpenAPI document gives the request's path. Starlette's 405 names the
+    methods of the first route that matched only: `Allow: PUT` for a path that also takes
+    DELETE."""
+    for pattern, methods in _documented_methods(request.app):
+        if pattern.match(request.url.path):
+            return methods
+    return None
+
+
 async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-    return problem(exc.status_code, str(exc.detail), headers=exc.headers)
+    headers = dict(exc.headers or {})
+    if exc.status_code == status.HTTP_405_METHOD_NOT_ALLOWED and "Allow" in headers:
+        headers["Allow"] = allowed_methods(request) or headers["Allow"]
+    return problem(exc.status_code, str(exc.detail), headers=headers or None)
 
 
 def status_handler(code: int) -> Any:

@@ -196,3 +196,21 @@ async def test_a_body_that_is_not_utf8_is_400_as_documented(api, clean_db):
     assert r.status_code == 400 and isinstance(r.json()["detail"], str)
     op = (await api.get("/openapi.json")).json()["paths"]["/api/v1/posts"]["post"]
     assert str(r.status_code) in op["responses"]
+
+
+@pytest.mark.parametrize(
+    ("path", "allow"),
+    [
+        ("/api/v1/posts/1/like", "DELETE, PUT"),
+        ("/api/v1/scans", "GET, POST"),
+        ("/api/v1/scans/00000000-0000-0000-0000-000000000000", "DELETE, GET"),
+        ("/api/v1/examples/coupons", "GET, POST"),
+    ],
+)
+async def test_a_405_names_every_method_of_the_path(api, path, allow):
+    """Starlette's 405 named only the first matching route's methods (`Allow: PUT` on a path
+    that also takes DELETE; found by schemathesis' allow_header_conformance): now the methods
+    the OpenAPI document gives the path."""
+    r = await api.request("PATCH", path)
+    assert r.status_code == 405 and r.headers["allow"] == allow, r.headers
+    assert isinstance(r.json()["detail"], str)
