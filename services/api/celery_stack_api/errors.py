@@ -30,6 +30,8 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from celery_stack_core.outage import is_outage
+
 log = logging.getLogger(__name__)
 RETRY_AFTER_SECONDS = 5
 
@@ -144,23 +146,11 @@ class TextGuard:
 
 
 # --- which failures are outages ----------------------------------------------------------------
-# asyncpg: class 08 (connection exception), 57 (operator intervention: admin shutdown 57P01,
-# crash shutdown, cannot connect now 57P03, query cancelled), 53 (insufficient resources).
-_PG_UNAVAILABLE: tuple[type[BaseException], ...] = (
-    asyncpg.exceptions.PostgresConnectionError,
-    asyncpg.exceptions.OperatorInterventionError,
-    asyncpg.exceptions.InsufficientResourcesError,
-    asyncpg.exceptions.ConnectionDoesNotExistError,
-    asyncpg.exceptions.CannotConnectNowError,
-)
-_UNAVAILABLE: tuple[type[BaseException], ...] = (
-    *_PG_UNAVAILABLE,
-    ConnectionError,  # refused, reset, aborted, broken pipe
-    TimeoutError,  # asyncio and socket timeouts alike
-    redis.exceptions.ConnectionError,  # includes BusyLoadingError
-    redis.exceptions.TimeoutError,
-    sqlalchemy.exc.TimeoutError,  # the connection pool is exhausted
-)
+def is_unavailable(exc: BaseException) -> bool:
+    """A connection-class failure: the store is down or starting, the request may succeed later.
+    One rule for the routes and the counters' own handling (celery_stack_core.outage); this
+    module had a second list that also called a full disk (53100) an outage."""
+    return is_outage(exc)
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:
@@ -173,18 +163,6 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
         seen.add(id(e))
         yield e
         todo += [e.__cause__, e.__context__, getattr(e, "orig", None)]
-
-
-def is_unavailable(exc: BaseException) -> bool:
-    """A connection-class failure: the store is down or starting, the request may succeed later."""
-    for e in _chain(exc):
-        if isinstance(e, _UNAVAILABLE):
-            return True
-        if isinstance(e, sqlalchemy.exc.DBAPIError) and e.connection_invalidated:
-            return True
-        if isinstance(e, OSError) and not isinstance(e, FileNotFoundError | PermissionError):
-            return True  # socket.gaierror, "Multiple exceptions: Connect call failed": the network
-    return False
 
 
 def _is_data_error(exc: BaseException) -> bool:
