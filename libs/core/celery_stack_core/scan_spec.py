@@ -50,8 +50,10 @@ def normalize_domain(raw: str) -> str:
     return name
 
 
+# strict: a JSON `false` is not a port and `0` is not a boolean (pydantic's lax mode took both,
+# where the API's schema says integer / boolean).
 class ContentRule(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     name: str = Field(min_length=1, max_length=64)
     # A keyword (case-insensitive substring) or a regex; exactly one.
     keyword: str | None = Field(default=None, min_length=1, max_length=200)
@@ -78,7 +80,7 @@ class ContentRule(BaseModel):
 class ScanConfig(BaseModel):
     """Per-scan options; anything unknown is refused (422), not silently ignored."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     max_pages: int | None = Field(
         default=None, ge=1, le=200, description="Same-origin pages to crawl (default: server's)."
     )

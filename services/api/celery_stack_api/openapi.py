@@ -13,13 +13,8 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.openapi.utils import (
-    get_definitions,
-    get_fields_from_routes,
-    get_flat_models_from_fields,
-    get_model_name_map,
-    get_openapi,
-)
+from fastapi._compat import get_definitions, get_flat_models_from_fields, get_model_name_map
+from fastapi.openapi.utils import get_fields_from_routes, get_openapi
 from starlette.routing import BaseRoute
 
 from celery_stack_api.errors import Problem

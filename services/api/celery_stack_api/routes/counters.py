@@ -139,7 +139,9 @@ VIEW_BATCH_MAX_COUNT = 1_000_000
 
 class ViewBatchItem(TypedDict):
     # A TypedDict, not a model: validated items stay plain dicts (no object per item), and the
-    # route and the fast path (fastpath.py) validate with this same type.
+    # route and the fast path (fastpath.py) validate with this same type. Strict: `true` is not
+    # an id nor a count, as the schema says.
+    __pydantic_config__ = ConfigDict(strict=True)  # type: ignore[misc]
     target: Annotated[Literal["post", "article"], Field(description="What was viewed.")]
     id: Annotated[int, Field(ge=1, le=2**63 - 1, description="Row id (positive bigint).")]
     count: NotRequired[

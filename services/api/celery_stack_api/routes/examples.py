@@ -41,7 +41,8 @@ Seconds = Annotated[float, Field(ge=-60, le=10 * 365 * 86_400)]
 
 
 class _In(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: a JSON `false` is not a capacity (lax mode took it as 0); the schema says integer
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     def row(self, now: datetime) -> dict[str, Any]:
         return self.model_dump(exclude_none=True)
@@ -63,8 +64,8 @@ def _exactly_one_deadline(schema: dict[str, Any]) -> None:
 class _Expiring(_In):
     """`expires_at` or `expires_in` (seconds from now): exactly one."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra=_exactly_one_deadline)
-    expires_at: datetime | None = None
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_exactly_one_deadline)
+    expires_at: datetime | None = Field(default=None, strict=False)  # text, parsed
     expires_in: Seconds | None = None
 
     @field_validator("expires_at", mode="before")
@@ -272,7 +273,10 @@ def _add_routes(kind: Kind, example: Example) -> None:
             methods=["POST"],
             status_code=status.HTTP_201_CREATED,
             name=f"create_{name}",
-            responses={409: {"description": "A unique value is taken."}},
+            responses={
+                409: {"description": "A unique value is taken."},
+                **({404: {"description": "No such chat."}} if kind is Kind.chat_messages else {}),
+            },
         )
     router.add_api_route(path, read_many, methods=["GET"], name=f"read_{name}")
     router.add_api_route(f"{path}/{{key}}", read_one, methods=["GET"], name=f"read_one_{name}")
