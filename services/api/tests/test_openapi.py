@@ -79,3 +79,22 @@ def test_integer_bounds_are_exact_integers():
     assert not floats, floats
     item = SPEC["components"]["schemas"]["ViewBatchItem"]["properties"]["id"]
     assert item["maximum"] == 2**63 - 1 and item["minimum"] == 1
+
+
+def test_no_constraint_is_published_under_a_name_json_schema_ignores():
+    """A constraint put before a validator was published as `ge`/`le`: clients and fuzzers
+    read no bound at all, and the API then refused what the document allowed."""
+    import json
+    import re
+
+    assert not re.findall(r'"(?:ge|le|gt|lt)": ', json.dumps(SPEC))
+
+
+def test_exactly_one_of_two_fields_is_declared_as_the_validators_check_it():
+    for name, fields in (
+        ("CouponIn", ("expires_at", "expires_in")),
+        ("ContentRule", ("keyword", "regex")),
+    ):
+        schema = SPEC["components"]["schemas"][name]
+        assert schema["oneOf"] == [{"required": [f]} for f in fields]
+        assert all("anyOf" not in schema["properties"][f] for f in fields)  # null is refused

@@ -278,3 +278,19 @@ async def test_outbox_row_carries_the_request_trace(api, clean_db):
     trace_id = format(span.get_span_context().trace_id, "032x")
     [row] = await outbox_rows(clean_db)
     assert r.status_code == 201 and trace_id in row.trace_context["traceparent"]
+
+
+@pytest.mark.parametrize(
+    ("config", "code"),
+    [
+        ({"check_http": 0}, 422),  # was taken as False
+        ({"http_port": False}, 422),  # was taken as port 0 -> refused by ge=1 only by luck
+        ({"https_port": "443"}, 422),  # was taken as 443
+        ({"https_port": 443.0}, 201),  # a JSON integer, as the schema says
+        ({"content_rules": [{"name": "a", "keyword": "k", "regex": None}]}, 422),  # null given
+        ({"content_rules": [{"name": "a", "keyword": "k"}]}, 201),
+    ],
+)
+async def test_scan_config_takes_json_types_as_the_schema_says(api, clean_db, config, code):
+    r = await api.post("/api/v1/scans", json={"domain": "example.com", "config": config})
+    assert r.status_code == code, r.text

@@ -31,18 +31,19 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from celery_stack_api.deps import StateDep, UserDep
 from celery_stack_core import models
+from celery_stack_core.jsontypes import JSON_NUMBER, JsonInt, exactly_one_of, given_once
 
 router = APIRouter(prefix="/api/v1/examples", tags=["examples"])
 
 Name = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@\-]+$")]
 Text500 = Annotated[str, Field(min_length=1, max_length=500)]
 # Up to ten years ahead (or a minute back, to create something already due).
-Seconds = Annotated[float, Field(ge=-60, le=10 * 365 * 86_400)]
+Seconds = Annotated[float, Field(ge=-60, le=10 * 365 * 86_400), JSON_NUMBER]
 
 
 class _In(BaseModel):
-    # strict: a JSON `false` is not a capacity (lax mode took it as 0); the schema says integer
-    model_config = ConfigDict(extra="forbid", strict=True)
+    # numbers as JSON's (jsontypes): a JSON `false` is not a capacity (lax mode took it as 0)
+    model_config = ConfigDict(extra="forbid")
 
     def row(self, now: datetime) -> dict[str, Any]:
         return self.model_dump(exclude_none=True)
@@ -51,21 +52,11 @@ class _In(BaseModel):
 _DEADLINES = ("expires_at", "expires_in")
 
 
-def _exactly_one_deadline(schema: dict[str, Any]) -> None:
-    """The schema says what the validator does: exactly one of the two, and not null."""
-    for name in _DEADLINES:
-        prop = schema["properties"][name]
-        (given,) = [b for b in prop.pop("anyOf") if b.get("type") != "null"]
-        prop.pop("default", None)
-        prop.update(given)
-    schema["oneOf"] = [{"required": [name]} for name in _DEADLINES]
-
-
 class _Expiring(_In):
     """`expires_at` or `expires_in` (seconds from now): exactly one."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_exactly_one_deadline)
-    expires_at: datetime | None = Field(default=None, strict=False)  # text, parsed
+    model_config = ConfigDict(extra="forbid", json_schema_extra=exactly_one_of(*_DEADLINES))
+    expires_at: datetime | None = None
     expires_in: Seconds | None = None
 
     @field_validator("expires_at", mode="before")
@@ -78,8 +69,7 @@ class _Expiring(_In):
 
     @model_validator(mode="after")
     def _one_deadline(self) -> _Expiring:
-        given = [n for n in _DEADLINES if n in self.model_fields_set]
-        if len(given) != 1 or getattr(self, given[0]) is None:
+        if not given_once(self, _DEADLINES):
             raise ValueError("give exactly one of expires_at or expires_in (seconds)")
         if self.expires_at is not None and self.expires_at.tzinfo is None:
             raise ValueError("expires_at needs a timezone (e.g. 2030-01-01T00:00:00Z)")
@@ -103,7 +93,7 @@ class InvitationCodeIn(_Expiring):
 
 class PointGrantIn(_Expiring):
     user_id: Name
-    points: int = Field(gt=0, le=10**12)
+    points: JsonInt = Field(gt=0, le=10**12)
 
 
 def _renamed(out: dict[str, Any], column: str) -> dict[str, Any]:
@@ -126,7 +116,7 @@ class MarketplaceTaskIn(_Expiring):
     poster_id: Name
     title: Text500
     expert_id: Name | None = None
-    response_seconds: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    response_seconds: Annotated[float, Field(ge=0, allow_inf_nan=False), JSON_NUMBER] | None = None
 
     def row(self, now: datetime) -> dict[str, Any]:
         return _renamed(super().row(now), "deadline_at")
@@ -134,7 +124,7 @@ class MarketplaceTaskIn(_Expiring):
 
 class AgentIn(_In):
     name: Text500
-    capacity: int = Field(default=3, ge=0, le=1000)
+    capacity: JsonInt = Field(default=3, ge=0, le=1000)
     status: Literal["available", "offline"] = "available"
 
 
@@ -143,7 +133,7 @@ class ChatIn(_In):
 
 
 class ChatMessageIn(_In):
-    chat_id: int = Field(ge=1, le=2**63 - 1)
+    chat_id: JsonInt = Field(ge=1, le=2**63 - 1)
     sender_id: Name
     body: Annotated[str, Field(min_length=1, max_length=10_000)]
 
