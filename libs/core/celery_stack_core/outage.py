@@ -2,7 +2,8 @@
 
 Only connection-class failures count: refused, reset or timed-out sockets, PostgreSQL
 connection exceptions (SQLSTATE class 08), a server starting up (57P03 CannotConnectNow),
-shutting down (57P01 admin shutdown, 57P02 crash shutdown) or out of connection slots (53300),
+shutting down (57P01 admin shutdown, 57P02 crash shutdown), out of connection slots (53300) or
+past its statement timeout (57014),
 a connection SQLAlchemy invalidated, a pool timeout, and Redis connection errors. A data error
 (a NUL in text, a constraint) is never an outage.
 """
@@ -21,7 +22,7 @@ _OUTAGE_TYPES: tuple[type[BaseException], ...] = (
     redis.exceptions.TimeoutError,
     redis.exceptions.BusyLoadingError,
 )
-_OUTAGE_SQLSTATES = {"57P01", "57P02", "57P03", "53300"}
+_OUTAGE_SQLSTATES = {"57P01", "57P02", "57P03", "53300", "57014"}
 _MAX_DEPTH = 8  # exception chains are short; a cycle must not loop forever
 
 

@@ -5,8 +5,17 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from celery_stack_core.jsontypes import (
+    JSON_INTEGER,
+    JsonBool,
+    JsonInt,
+    exactly_one_of,
+    given_once,
+)
 
 SCAN_TASK = "scans.run"
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
@@ -51,7 +60,7 @@ def normalize_domain(raw: str) -> str:
 
 
 class ContentRule(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=exactly_one_of("keyword", "regex"))
     name: str = Field(min_length=1, max_length=64)
     # A keyword (case-insensitive substring) or a regex; exactly one.
     keyword: str | None = Field(default=None, min_length=1, max_length=200)
@@ -70,7 +79,7 @@ class ContentRule(BaseModel):
 
     @model_validator(mode="after")
     def _one_matcher(self) -> ContentRule:
-        if (self.keyword is None) == (self.regex is None):
+        if not given_once(self, ("keyword", "regex")):
             raise ValueError("a content rule needs exactly one of keyword or regex")
         return self
 
@@ -78,14 +87,19 @@ class ContentRule(BaseModel):
 class ScanConfig(BaseModel):
     """Per-scan options; anything unknown is refused (422), not silently ignored."""
 
+    # JSON's types (jsontypes): `false` is not a port, `0` is not a boolean
     model_config = ConfigDict(extra="forbid")
-    max_pages: int | None = Field(
-        default=None, ge=1, le=200, description="Same-origin pages to crawl (default: server's)."
+    max_pages: Annotated[int, Field(ge=1, le=200), JSON_INTEGER] | None = Field(
+        default=None, description="Same-origin pages to crawl (default: server's)."
     )
-    https_port: int = Field(default=443, ge=1, le=65535)
-    http_port: int = Field(default=80, ge=1, le=65535)
-    check_http: bool = Field(default=True, description="Also fetch over plain HTTP.")
-    content_rules: list[ContentRule] = Field(default_factory=list, max_length=20)
+    https_port: JsonInt = Field(default=443, ge=1, le=65535)
+    http_port: JsonInt = Field(default=80, ge=1, le=65535)
+    check_http: JsonBool = Field(default=True, description="Also fetch over plain HTTP.")
+    content_rules: list[ContentRule] = Field(
+        default_factory=list,
+        max_length=20,
+        description="Each rule's `name` must differ from the others' (a finding's key).",
+    )
 
     @field_validator("content_rules")
     @classmethod

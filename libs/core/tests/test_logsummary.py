@@ -62,3 +62,33 @@ def test_noop_runs_are_quiet_and_summarized_each_minute(captured):
 def test_what_counts_as_nothing_done(value, noop):
     rendered = value if isinstance(value, str) and value.startswith("<") else repr(value)
     assert logsummary.is_noop(rendered) is noop
+
+
+def test_a_beat_sent_tasks_received_line_is_debug_in_a_process_that_never_saw_its_result(
+    captured,
+):
+    """A prefork worker logs "received" in its main process and the result in a child: the main
+    process never learned the runs were no-ops, and every beat send printed a line (~240 lines a
+    minute from `make run` at idle). A task sent by anything else keeps its line."""
+    out, _ = captured
+    received = logging.getLogger("celery.worker.strategy")
+    for tid in ("beat:check-expired-coupons:1795970178000", "scan-1234:1"):
+        ctx = {"name": "maintenance.rule.check-expired-coupons", "id": tid}
+        received.info(LOG_RECEIVED, ctx, extra={"data": ctx})
+    assert [line["data"]["id"] for line in _lines(out)] == ["scan-1234:1"]
+
+
+async def test_a_rule_run_that_changed_nothing_logs_at_debug(caplog, settings, clean_db):
+    from celery_stack_core.rules import load_rules
+    from celery_stack_core.rules.bind import bind
+    from celery_stack_core.rules.engine import run_task
+
+    (coupons,) = [
+        b
+        for b in await bind(clean_db, load_rules(settings))
+        if b.rule.name == "check-expired-coupons"
+    ]
+    with caplog.at_level(logging.DEBUG, logger="celery_stack_core.rules.engine"):
+        await run_task(clean_db, coupons, "beat:check-expired-coupons:1")
+    [done] = [r for r in caplog.records if r.getMessage() == "rule run done"]
+    assert done.levelno == logging.DEBUG

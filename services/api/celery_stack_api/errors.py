@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -28,6 +29,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from celery_stack_core.outage import is_outage
 
 log = logging.getLogger(__name__)
 RETRY_AFTER_SECONDS = 5
@@ -143,23 +146,11 @@ class TextGuard:
 
 
 # --- which failures are outages ----------------------------------------------------------------
-# asyncpg: class 08 (connection exception), 57 (operator intervention: admin shutdown 57P01,
-# crash shutdown, cannot connect now 57P03, query cancelled), 53 (insufficient resources).
-_PG_UNAVAILABLE: tuple[type[BaseException], ...] = (
-    asyncpg.exceptions.PostgresConnectionError,
-    asyncpg.exceptions.OperatorInterventionError,
-    asyncpg.exceptions.InsufficientResourcesError,
-    asyncpg.exceptions.ConnectionDoesNotExistError,
-    asyncpg.exceptions.CannotConnectNowError,
-)
-_UNAVAILABLE: tuple[type[BaseException], ...] = (
-    *_PG_UNAVAILABLE,
-    ConnectionError,  # refused, reset, aborted, broken pipe
-    TimeoutError,  # asyncio and socket timeouts alike
-    redis.exceptions.ConnectionError,  # includes BusyLoadingError
-    redis.exceptions.TimeoutError,
-    sqlalchemy.exc.TimeoutError,  # the connection pool is exhausted
-)
+def is_unavailable(exc: BaseException) -> bool:
+    """A connection-class failure: the store is down or starting, the request may succeed later.
+    One rule for the routes and the counters' own handling (celery_stack_core.outage); this
+    module had a second list that also called a full disk (53100) an outage."""
+    return is_outage(exc)
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:
@@ -172,18 +163,6 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
         seen.add(id(e))
         yield e
         todo += [e.__cause__, e.__context__, getattr(e, "orig", None)]
-
-
-def is_unavailable(exc: BaseException) -> bool:
-    """A connection-class failure: the store is down or starting, the request may succeed later."""
-    for e in _chain(exc):
-        if isinstance(e, _UNAVAILABLE):
-            return True
-        if isinstance(e, sqlalchemy.exc.DBAPIError) and e.connection_invalidated:
-            return True
-        if isinstance(e, OSError) and not isinstance(e, FileNotFoundError | PermissionError):
-            return True  # socket.gaierror, "Multiple exceptions: Connect call failed": the network
-    return False
 
 
 def _is_data_error(exc: BaseException) -> bool:
@@ -237,8 +216,35 @@ async def _invalid(request: Request, exc: RequestValidationError) -> JSONRespons
     return problem(status.HTTP_422_UNPROCESSABLE_CONTENT, detail, errors)
 
 
+def _documented_methods(app: FastAPI) -> list[tuple[re.Pattern[str], str]]:
+    table: list[tuple[re.Pattern[str], str]] | None = getattr(app.state, "allow_table", None)
+    if table is None:
+        # literal paths before templated ones (`/scans/{id}` before `/{target}/{id}`)
+        paths = sorted(app.openapi()["paths"].items(), key=lambda kv: kv[0].count("{"))
+        table = [
+            (re.compile("^" + re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(path)) + "$"),
+             ", ".join(sorted(m.upper() for m in item)))
+            for path, item in paths
+        ]  # fmt: skip
+        app.state.allow_table = table
+    return table
+
+
+def allowed_methods(request: Request) -> str | None:
+    """The methods the OpenAPI document gives the request's path. Starlette's 405 names the
+    methods of the first route that matched only: `Allow: PUT` for a path that also takes
+    DELETE."""
+    for pattern, methods in _documented_methods(request.app):
+        if pattern.match(request.url.path):
+            return methods
+    return None
+
+
 async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-    return problem(exc.status_code, str(exc.detail), headers=exc.headers)
+    headers = dict(exc.headers or {})
+    if exc.status_code == status.HTTP_405_METHOD_NOT_ALLOWED and "Allow" in headers:
+        headers["Allow"] = allowed_methods(request) or headers["Allow"]
+    return problem(exc.status_code, str(exc.detail), headers=headers or None)
 
 
 def status_handler(code: int) -> Any:

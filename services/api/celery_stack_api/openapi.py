@@ -13,7 +13,9 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.openapi.utils import get_openapi
+from fastapi._compat import get_definitions, get_flat_models_from_fields, get_model_name_map
+from fastapi.openapi.utils import get_fields_from_routes, get_openapi
+from starlette.routing import BaseRoute
 
 from celery_stack_api.errors import Problem
 
@@ -77,17 +79,31 @@ def document_errors(schema: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
+def exact_components(schema: dict[str, Any], routes: list[BaseRoute]) -> dict[str, Any]:
+    """The component schemas as pydantic made them. get_openapi passes the document through
+    FastAPI's OpenAPI model, whose numeric bounds are floats: a bigint id's `maximum` 2**63-1
+    came out as 9.223372036854776e18 (2**63), so an id the schema allowed was refused.
+    Parameters are not passed through that model; components are, so they are put back."""
+    fields = get_fields_from_routes(routes)
+    names = get_model_name_map(get_flat_models_from_fields(fields, known_models=set()))
+    _, exact = get_definitions(
+        fields=fields, model_name_map=names, separate_input_output_schemas=True
+    )
+    components = schema.get("components", {}).get("schemas", {})
+    components.update({k: v for k, v in exact.items() if k in components})
+    return schema
+
+
 def install(app: FastAPI) -> None:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = document_errors(
-                get_openapi(
-                    title=app.title,
-                    version=app.version,
-                    description=app.description,
-                    routes=app.routes,
-                )
+            doc = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=app.routes,
             )
+            app.openapi_schema = document_errors(exact_components(doc, app.routes))
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

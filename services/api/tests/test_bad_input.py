@@ -46,7 +46,7 @@ def _resolve(schema: dict[str, Any]) -> dict[str, Any]:
     while "$ref" in schema:
         schema = SPEC["components"]["schemas"][schema["$ref"].rsplit("/", 1)[1]]
     for key in ("anyOf", "oneOf"):
-        if key in schema:  # Optional[X]: the non-null branch
+        if key in schema and "type" not in schema:  # Optional[X]: the non-null branch
             branches = [b for b in schema[key] if b.get("type") != "null"]
             return _resolve(branches[0])
     return schema
@@ -60,11 +60,15 @@ def _example(schema: dict[str, Any]) -> Any:
             return schema[key][0]
     kind = schema.get("type")
     if kind == "object":
-        return {k: _example(v) for k, v in schema.get("properties", {}).items()}
+        # oneOf of `required` lists (exactly one of two fields): the first branch's fields
+        others = {n for b in schema.get("oneOf", [])[1:] for n in b.get("required", [])}
+        return {k: _example(v) for k, v in schema.get("properties", {}).items() if k not in others}
     if kind == "array":
         return [_example(schema["items"])]
     if "default" in schema:
         return schema["default"]
+    if kind == "string" and schema.get("format") == "date-time":
+        return "2030-01-01T00:00:00Z"
     if kind == "string":
         return "x" * max(1, schema.get("minLength", 1))
     if kind in ("integer", "number"):
@@ -198,6 +202,17 @@ async def _world(api) -> World:
     ids["finished_scan"] = r.json()["id"]
     await api.post(f"/api/v1/scans/{ids['finished_scan']}/cancel")
     await api.post(f"/api/v1/posts/{ids['posts']}/views")  # the fast path's id cache
+    for path, item in SPEC["paths"].items():  # a row of every example kind, keyed by its name
+        if path.startswith("/api/v1/examples/") and "post" in item:
+            body = _example(item["post"]["requestBody"]["content"]["application/json"]["schema"])
+            body = body | ({"code": "world"} if "code" in body else {})  # unique: not the case's
+            r = await api.post(path, json=body)
+            assert r.status_code == 201, (path, r.text)
+            ids[path.rsplit("/", 1)[1]] = str(r.json()["id"])
+    async with api._transport.app.state.app.engine.begin() as conn:  # computed by rules
+        for table in ("user_statistics", "expert_stats"):
+            key = "user_id" if table == "user_statistics" else "expert_id"
+            await conn.execute(text(f"INSERT INTO {table} ({key}) VALUES ('x')"))
     r = await api.post(
         "/api/v1/maintenance/cleanup/orphaned-tasks", params={"dry_run": "false"}, headers=ADMIN
     )

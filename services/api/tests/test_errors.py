@@ -17,6 +17,7 @@ from celery_stack_api import errors
 from celery_stack_api.deps import StateDep
 from celery_stack_api.main import create_app
 from celery_stack_core.config import DEV_USER_TOKEN
+from celery_stack_core.outage import is_outage
 
 
 def _pg_error(cls, message="x"):
@@ -34,6 +35,9 @@ def _pg_error(cls, message="x"):
         (_pg_error(asyncpg.exceptions.AdminShutdownError), True),  # 57P01
         (_pg_error(asyncpg.exceptions.ConnectionDoesNotExistError), True),
         (_pg_error(asyncpg.exceptions.TooManyConnectionsError), True),  # 53300
+        (_pg_error(asyncpg.exceptions.QueryCanceledError), True),  # 57014 statement timeout
+        (_pg_error(asyncpg.exceptions.DiskFullError), False),  # 53100: not a connection failure
+        (_pg_error(asyncpg.exceptions.OutOfMemoryError), False),  # 53200
         (redis.exceptions.ConnectionError("down"), True),
         (redis.exceptions.BusyLoadingError("loading"), True),
         (redis.exceptions.TimeoutError(), True),
@@ -50,7 +54,9 @@ def _pg_error(cls, message="x"):
     ids=repr,
 )
 def test_only_connection_class_failures_are_outages(exc, outage):
+    """One rule for the routes and the counters (it was two lists that disagreed on 53xxx)."""
     assert errors.is_unavailable(exc) is outage
+    assert is_outage(exc) is outage
     wrapped = sqlalchemy.exc.DBAPIError("SELECT 1", {}, Exception("adapted"))
     wrapped.__cause__ = exc  # as SQLAlchemy's asyncpg adapter chains them
     assert errors.is_unavailable(wrapped) is outage
@@ -196,3 +202,21 @@ async def test_a_body_that_is_not_utf8_is_400_as_documented(api, clean_db):
     assert r.status_code == 400 and isinstance(r.json()["detail"], str)
     op = (await api.get("/openapi.json")).json()["paths"]["/api/v1/posts"]["post"]
     assert str(r.status_code) in op["responses"]
+
+
+@pytest.mark.parametrize(
+    ("path", "allow"),
+    [
+        ("/api/v1/posts/1/like", "DELETE, PUT"),
+        ("/api/v1/scans", "GET, POST"),
+        ("/api/v1/scans/00000000-0000-0000-0000-000000000000", "DELETE, GET"),
+        ("/api/v1/examples/coupons", "GET, POST"),
+    ],
+)
+async def test_a_405_names_every_method_of_the_path(api, path, allow):
+    """Starlette's 405 named only the first matching route's methods (`Allow: PUT` on a path
+    that also takes DELETE; found by schemathesis' allow_header_conformance): now the methods
+    the OpenAPI document gives the path."""
+    r = await api.request("PATCH", path)
+    assert r.status_code == 405 and r.headers["allow"] == allow, r.headers
+    assert isinstance(r.json()["detail"], str)

@@ -84,7 +84,8 @@ async def test_examples_refuse_bad_input_with_4xx(api):
             422,
         ),
         ("post", "/api/v1/examples/user-statistics", {"user_id": "a"}, 405),
-        ("post", "/api/v1/examples/vouchers", {}, 422),
+        ("post", "/api/v1/examples/vouchers", {}, 404),
+        ("post", "/api/v1/examples/coupons", {"code": "x", "expires_at": None}, 422),
         (
             "post",
             "/api/v1/examples/chat-messages",

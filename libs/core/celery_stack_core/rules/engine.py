@@ -166,7 +166,9 @@ async def run_task(
         await finish_run(engine, task_id, RunResult(rule.name), error=repr(exc)[:500])
         raise
     await finish_run(engine, task_id, result)
-    log.info(
+    # A run that changed nothing is DEBUG: the worker's minute summary counts it (logsummary).
+    log.log(
+        logging.INFO if result.rows else logging.DEBUG,
         "rule run done",
         extra={
             "rule": rule.name,

@@ -12,6 +12,7 @@ from typing_extensions import TypedDict  # pydantic needs this one on Python < 3
 
 from celery_stack_api import counting
 from celery_stack_api.deps import ActingUser, StateDep, TargetId, UserDep
+from celery_stack_core.jsontypes import JsonInteger
 from celery_stack_core.targets import TARGETS_BY_URL, ActionKind
 
 router = APIRouter(prefix="/api/v1", tags=["counters"])
@@ -139,13 +140,15 @@ VIEW_BATCH_MAX_COUNT = 1_000_000
 
 class ViewBatchItem(TypedDict):
     # A TypedDict, not a model: validated items stay plain dicts (no object per item), and the
-    # route and the fast path (fastpath.py) validate with this same type.
+    # route and the fast path (fastpath.py) validate with this same type. JSON's integers
+    # (jsontypes): `true` and `"5"` are not ids or counts, `5.0` is.
     target: Annotated[Literal["post", "article"], Field(description="What was viewed.")]
-    id: Annotated[int, Field(ge=1, le=2**63 - 1, description="Row id (positive bigint).")]
+    id: Annotated[int, JsonInteger(1, 2**63 - 1), Field(description="Row id (positive bigint).")]
     count: NotRequired[
         Annotated[
             int,
-            Field(default=1, ge=1, le=VIEW_BATCH_MAX_COUNT, description="Views of this id to add."),
+            JsonInteger(1, VIEW_BATCH_MAX_COUNT),
+            Field(default=1, description="Views of this id to add."),
         ]
     ]
 

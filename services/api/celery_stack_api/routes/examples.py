@@ -1,11 +1,14 @@
 """The example tables of the maintenance rules (report 003's jobs): create and read rows.
 
-    POST /api/v1/examples/{kind}          create (coupons, invitation-codes, point-grants,
+    POST /api/v1/examples/<kind>          create (coupons, invitation-codes, point-grants,
                                           activities, marketplace-tasks, agents, chats,
                                           chat-messages)
-    GET  /api/v1/examples/{kind}          newest rows (every kind, also point-balances,
-                                          user-statistics, expert-stats, rule-notifications)
-    GET  /api/v1/examples/{kind}/{key}    one row
+    GET  /api/v1/examples/<kind>          newest rows (every kind, also point-balances,
+                                          user-statistics, expert-stats,
+                                          rule-notifications: computed, read-only)
+    GET  /api/v1/examples/<kind>/{key}    one row (an id, or a user/expert name)
+
+Each kind has its own operations, so the OpenAPI document gives each its body and key schema.
 
 Deadlines are given as an absolute time (`expires_at`) or seconds from now (`expires_in`).
 A point grant adds to its user's balance and a chat message resets its chat's idle timer, each
@@ -21,8 +24,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Path, Query, status
-from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from sqlalchemy import Integer, Table, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
@@ -30,31 +32,45 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from celery_stack_api.deps import StateDep, UserDep
 from celery_stack_core import models
+from celery_stack_core.jsontypes import JSON_NUMBER, JsonInt, exactly_one_of, given_once
 
 router = APIRouter(prefix="/api/v1/examples", tags=["examples"])
 
 Name = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@\-]+$")]
 Text500 = Annotated[str, Field(min_length=1, max_length=500)]
 # Up to ten years ahead (or a minute back, to create something already due).
-Seconds = Annotated[float, Field(ge=-60, le=10 * 365 * 86_400)]
+Seconds = Annotated[float, Field(ge=-60, le=10 * 365 * 86_400), JSON_NUMBER]
 
 
 class _In(BaseModel):
+    # numbers as JSON's (jsontypes): a JSON `false` is not a capacity (lax mode took it as 0)
     model_config = ConfigDict(extra="forbid")
 
     def row(self, now: datetime) -> dict[str, Any]:
         return self.model_dump(exclude_none=True)
 
 
+_DEADLINES = ("expires_at", "expires_in")
+
+
 class _Expiring(_In):
     """`expires_at` or `expires_in` (seconds from now): exactly one."""
 
+    model_config = ConfigDict(extra="forbid", json_schema_extra=exactly_one_of(*_DEADLINES))
     expires_at: datetime | None = None
     expires_in: Seconds | None = None
 
+    @field_validator("expires_at", mode="before")
+    @classmethod
+    def _a_time_is_text(cls, value: object) -> object:
+        # The schema says an RFC 3339 string; pydantic alone also took 12345 as a Unix time.
+        if value is not None and not isinstance(value, str):
+            raise ValueError("expires_at is a time as text, e.g. 2030-01-01T00:00:00Z")
+        return value
+
     @model_validator(mode="after")
     def _one_deadline(self) -> _Expiring:
-        if (self.expires_at is None) == (self.expires_in is None):
+        if not given_once(self, _DEADLINES):
             raise ValueError("give exactly one of expires_at or expires_in (seconds)")
         if self.expires_at is not None and self.expires_at.tzinfo is None:
             raise ValueError("expires_at needs a timezone (e.g. 2030-01-01T00:00:00Z)")
@@ -78,7 +94,7 @@ class InvitationCodeIn(_Expiring):
 
 class PointGrantIn(_Expiring):
     user_id: Name
-    points: int = Field(gt=0, le=10**12)
+    points: JsonInt = Field(gt=0, le=10**12)
 
 
 def _renamed(out: dict[str, Any], column: str) -> dict[str, Any]:
@@ -101,7 +117,7 @@ class MarketplaceTaskIn(_Expiring):
     poster_id: Name
     title: Text500
     expert_id: Name | None = None
-    response_seconds: float | None = Field(default=None, ge=0)
+    response_seconds: Annotated[float, Field(ge=0, allow_inf_nan=False), JSON_NUMBER] | None = None
 
     def row(self, now: datetime) -> dict[str, Any]:
         return _renamed(super().row(now), "deadline_at")
@@ -109,7 +125,7 @@ class MarketplaceTaskIn(_Expiring):
 
 class AgentIn(_In):
     name: Text500
-    capacity: int = Field(default=3, ge=0, le=1000)
+    capacity: JsonInt = Field(default=3, ge=0, le=1000)
     status: Literal["available", "offline"] = "available"
 
 
@@ -118,7 +134,7 @@ class ChatIn(_In):
 
 
 class ChatMessageIn(_In):
-    chat_id: int = Field(ge=1, le=2**63 - 1)
+    chat_id: JsonInt = Field(ge=1, le=2**63 - 1)
     sender_id: Name
     body: Annotated[str, Field(min_length=1, max_length=10_000)]
 
@@ -185,49 +201,10 @@ EXAMPLES: dict[Kind, Example] = {
 }
 
 
-def _key(example: Example, raw: str) -> Any:
-    (col,) = example.table.primary_key.columns
-    if isinstance(col.type, Integer):
-        if not raw.isdigit() or int(raw) > 2**63 - 1:
-            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "the key is a positive id")
-        return int(raw)
-    return raw
-
-
-@router.post(
-    "/{kind}",
-    status_code=status.HTTP_201_CREATED,
-    responses={405: {"description": "This kind is computed by rules, read only."}},
-)
-async def create_example(
-    *, kind: Kind, body: dict[str, Any], state: StateDep, _: UserDep
-) -> dict[str, Any]:
-    example = EXAMPLES[kind]
-    if example.body is None:
-        raise HTTPException(
-            status.HTTP_405_METHOD_NOT_ALLOWED, f"{kind.value} are computed by rules, read only"
-        )
-    try:
-        parsed = example.body.model_validate(body)
-    except ValidationError as exc:
-        raise RequestValidationError(exc.errors(include_url=False)) from None
-    row = parsed.row(datetime.now(UTC))
-    if kind is Kind.chat_messages:
-        await _require_chat(state, row["chat_id"])
-    try:
-        async with state.engine.begin() as conn:
-            created = (
-                (await conn.execute(insert(example.table).values(row).returning(example.table)))
-                .mappings()
-                .one()
-            )
-            if example.after_insert is not None:
-                await example.after_insert(conn, row)
-    except IntegrityError as exc:  # a duplicate code, a chat deleted meanwhile
-        raise HTTPException(
-            status.HTTP_409_CONFLICT, f"refused by the database: {exc.orig}"
-        ) from None
-    return dict(created)
+IdKey = Annotated[int, Path(ge=1, le=2**63 - 1, description="The row's id.")]
+NameKey = Annotated[
+    str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@\-]+$", description="Key.")
+]
 
 
 async def _require_chat(state: StateDep, chat_id: int) -> None:
@@ -237,37 +214,67 @@ async def _require_chat(state: StateDep, chat_id: int) -> None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"chat {chat_id} not found")
 
 
-@router.get("/{kind}")
-async def read_examples(
-    *,
-    kind: Kind,
-    state: StateDep,
-    _: UserDep,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-) -> list[dict[str, Any]]:
-    table = EXAMPLES[kind].table
+def _add_routes(kind: Kind, example: Example) -> None:
+    """One operation per kind and verb, each with its own body and key schema: a single
+    `/{kind}` route took a free-form body and a string key, so the document called bodies and
+    keys valid that the kind then refused (422)."""
+    table = example.table
     (pk,) = table.primary_key.columns
-    async with state.engine.connect() as conn:
-        rows = await conn.execute(select(table).order_by(pk.desc()).limit(limit))
-        return [dict(r) for r in rows.mappings()]
+    key_type = IdKey if isinstance(pk.type, Integer) else NameKey
+    name = kind.name
 
+    async def create(*, body: _In, state: StateDep, _: UserDep) -> dict[str, Any]:
+        row = body.row(datetime.now(UTC))
+        if kind is Kind.chat_messages:
+            await _require_chat(state, row["chat_id"])
+        try:
+            async with state.engine.begin() as conn:
+                created = (
+                    (await conn.execute(insert(table).values(row).returning(table)))
+                    .mappings()
+                    .one()
+                )
+                if example.after_insert is not None:
+                    await example.after_insert(conn, row)
+        except IntegrityError as exc:  # a duplicate code, a chat deleted meanwhile
+            raise HTTPException(
+                status.HTTP_409_CONFLICT, f"refused by the database: {exc.orig}"
+            ) from None
+        return dict(created)
 
-@router.get("/{kind}/{key}")
-async def read_example(
-    *,
-    kind: Kind,
-    key: Annotated[str, Path(min_length=1, max_length=128)],
-    state: StateDep,
-    _: UserDep,
-) -> dict[str, Any]:
-    example = EXAMPLES[kind]
-    (pk,) = example.table.primary_key.columns
-    async with state.engine.connect() as conn:
-        row = (
-            (await conn.execute(select(example.table).where(pk == _key(example, key))))
-            .mappings()
-            .first()
+    async def read_many(
+        *, state: StateDep, _: UserDep, limit: Annotated[int, Query(ge=1, le=500)] = 50
+    ) -> list[dict[str, Any]]:
+        async with state.engine.connect() as conn:
+            rows = await conn.execute(select(table).order_by(pk.desc()).limit(limit))
+            return [dict(r) for r in rows.mappings()]
+
+    async def read_one(*, key: Any, state: StateDep, _: UserDep) -> dict[str, Any]:
+        async with state.engine.connect() as conn:
+            row = (await conn.execute(select(table).where(pk == key))).mappings().first()
+        if row is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"{kind.value} {key} not found")
+        return dict(row)
+
+    # The body and key types differ per kind; the handlers' signatures say which to FastAPI.
+    create.__annotations__["body"] = example.body
+    read_one.__annotations__["key"] = key_type
+    path = f"/{kind.value}"
+    if example.body is not None:
+        router.add_api_route(
+            path,
+            create,
+            methods=["POST"],
+            status_code=status.HTTP_201_CREATED,
+            name=f"create_{name}",
+            responses={
+                409: {"description": "A unique value is taken."},
+                **({404: {"description": "No such chat."}} if kind is Kind.chat_messages else {}),
+            },
         )
-    if row is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"{kind.value} {key} not found")
-    return dict(row)
+    router.add_api_route(path, read_many, methods=["GET"], name=f"read_{name}")
+    router.add_api_route(f"{path}/{{key}}", read_one, methods=["GET"], name=f"read_one_{name}")
+
+
+for _kind, _example in EXAMPLES.items():
+    _add_routes(_kind, _example)

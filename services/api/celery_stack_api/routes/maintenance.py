@@ -60,7 +60,7 @@ async def read_celery_tasks(
     _: AdminOnly,
     orphaned: bool | None = None,
     task_state: Annotated[TaskState | None, Query(alias="state")] = None,
-    cursor: Annotated[int, Query(ge=0, le=2**64)] = 0,
+    cursor: Annotated[int, Query(ge=0, le=2**64 - 1)] = 0,  # a Redis SCAN cursor: u64
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
     items, nxt = await views.list_tasks(

@@ -111,8 +111,8 @@ async def read_scans(
     cursor: Annotated[
         str | None,
         Query(
-            max_length=200,
-            pattern=r"^[A-Za-z0-9_-]*$",
+            max_length=49,
+            pattern=scans.CURSOR_PATTERN,
             description="`next_cursor` of the previous page; empty or absent: the first page.",
         ),
     ] = None,
