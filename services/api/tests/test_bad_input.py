@@ -213,6 +213,14 @@ async def _world(api) -> World:
         for table in ("user_statistics", "expert_stats"):
             key = "user_id" if table == "user_statistics" else "expert_id"
             await conn.execute(text(f"INSERT INTO {table} ({key}) VALUES ('x')"))
+        ids["rule-notifications"] = str(
+            await conn.scalar(
+                text(
+                    "INSERT INTO rule_notifications (rule, row_key, message, deadline)"
+                    " VALUES ('r', '1', 'm', now()) RETURNING id"
+                )
+            )
+        )
     r = await api.post(
         "/api/v1/maintenance/cleanup/orphaned-tasks", params={"dry_run": "false"}, headers=ADMIN
     )
