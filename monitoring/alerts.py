@@ -233,7 +233,8 @@ def _janitor(t: Thresholds) -> list[Alert]:
         ),
         Alert(
             "CeleryStackLockLeaked",
-            f"sum(increase(celery_stack_locks_leaked_total[{t.leaked_window}])) > 0",
+            # one counter in Redis, exported by every maintenance worker replica: max, not sum
+            f"max(increase(celery_stack_locks_leaked_total[{t.leaked_window}])) > 0",
             "",
             t.severity_ticket,
             "A lock outlived its owner",

@@ -42,6 +42,7 @@ SCRIPT_KEYS = {
     "lock_acquire": [keys.lock("job"), keys.owner_locks("o"), keys.owner_heartbeat("o")],
     "lock_renew": [keys.lock("job"), keys.owner_heartbeat("o")],
     "lock_release": [keys.lock("job"), keys.owner_locks("o")],
+    "release_lock": [keys.lock("job"), keys.LOCK_STATS],  # the janitor's, sweeps/locks.py
     "lease_acquire": [keys.BEAT_LEASE, keys.BEAT_EPOCH],
     "claim_slot": [keys.BEAT_EPOCH, keys.beat_slot("e", 1), keys.BEAT_LAST, keys.BEAT_PENDING],
     "pending_due": [keys.BEAT_EPOCH, keys.BEAT_PENDING],
