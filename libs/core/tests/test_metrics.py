@@ -122,3 +122,20 @@ def test_the_maintenance_worker_exposes_the_rule_families():
     maintenance = families(metrics.role_of_worker("maintenance"))
     assert {"celery_stack_rule_rows", "celery_stack_task_duplicates_refused"} <= maintenance
     assert "celery_stack_rule_rows" not in families("api")
+
+
+def test_task_labels_stay_bounded(monkeypatch):
+    """Task names route by prefix (`scans.*`) and can come from a message header: past
+    MAX_NAMES distinct names every new one is "other"; unknown queues are "other" too."""
+    monkeypatch.setattr(celery_metrics, "_names", {})
+    monkeypatch.setattr(celery_metrics, "MAX_NAMES", 50)
+    labels = {celery_metrics._name(f"scans.made-up-{i}") for i in range(1000)}
+    labels |= {celery_metrics._name(n) for n in ("no.such.queue.task", "", None)}
+    assert len(labels) <= 50 + 1 and "other" in labels
+    assert (
+        celery_metrics._name("scans.made-up-0") == "scans.made-up-0"
+    )  # the first ones keep theirs
+    assert {celery_metrics._queue(q) for q in ("scans", "evil-1", "evil-2", None)} == {
+        "scans",
+        "other",
+    }
