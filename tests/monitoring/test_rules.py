@@ -121,3 +121,20 @@ def test_each_alerts_runbook_section_says_what_to_check_and_what_to_run(alert):
     commands = re.findall(r"`([^`]+)`", body)
     runnable = ("kubectl", "celery-stack-", "redis-cli", "helm", "SELECT", "GET ", "POST ")
     assert any(c.startswith(runnable) for c in commands), f"{alert.runbook}: no command to run"
+
+
+# The panels the issue asks of each dashboard, as words their titles must contain.
+REQUIRED_PANELS = {
+    "overview": ["Throughput", "Failures", "Backlog", "p50 / p99 per queue", "Workers"],
+    "counters": ["Ingest rate", "Flush lag", "Batch size", "Dropped", "fallbacks"],
+    "scans": ["Dispatch latency", "duration", "Outcomes", "Dead", "Outbox"],
+    "beat-janitor": ["Leader", "Epoch", "Failovers", "lag", "Sweeps"],
+}
+
+
+@pytest.mark.parametrize("stem", sorted(REQUIRED_PANELS))
+def test_each_dashboard_has_the_panels_the_issue_lists(stem):
+    board = json.loads((generate.CHART_FILES / "dashboards" / f"{stem}.json").read_text())
+    titles = [p["title"] for p in board["panels"] if p["type"] != "row"]
+    for word in REQUIRED_PANELS[stem]:
+        assert any(word.lower() in t.lower() for t in titles), f"{stem}: no {word!r} panel"
