@@ -58,6 +58,7 @@ class Thresholds:
         return replace(
             cls(),
             workers_down_for="5s",
+            not_consuming_for="5s",
             worker_lookback="10m",
             flush_lag_seconds=8,
             flush_lag_for="5s",
