@@ -191,7 +191,9 @@ JANITOR_RUN_FAMILIES: tuple[tuple[str, tuple[str, ...], str], ...] = (
 # Locks: from Redis, where the locks live (sweeps/locks.py): the locks sweep records what it saw,
 # and its release script counts each leaked lock it releases, atomically with the release.
 LOCKS_HELD_NAME = f"{NS}_locks_held"
-LOCKS_HELD_HELP = "Locks held in Redis, as the last real run of the locks sweep saw them."
+LOCKS_HELD_HELP = (
+    "Locks held in Redis after the last real run of the locks sweep (leaked ones released)."
+)
 LOCKS_LEAKED_NAME = f"{NS}_locks_leaked"  # a counter: exposed as ..._total
 LOCKS_LEAKED_HELP = (
     "Locks the janitor released because their owner was gone, by every janitor process."

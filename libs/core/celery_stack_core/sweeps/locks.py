@@ -9,7 +9,7 @@ Metrics: the janitor runs in processes nobody scrapes (a CronJob's pod exits fir
 has no metrics port), so its lock figures live in Redis beside the locks (keys.LOCK_STATS) and
 the maintenance worker's LockStats collector exports them at scrape time:
 
-    sweep (real run)  HSET held <locks seen>        -> celery_stack_locks_held
+    sweep (real run)  HSET held <locks it left held> -> celery_stack_locks_held
     release_lock.lua  DEL lock + HINCRBY leaked 1   -> celery_stack_locks_leaked_total
 """
 
@@ -107,17 +107,19 @@ def verdict(ctx: SweepContext, seen: Seen, pods: frozenset[str] | None) -> Verdi
     )
 
 
-async def release(ctx: SweepContext, rec: Recorder, seen: Seen, reason: str) -> None:
+async def release(ctx: SweepContext, rec: Recorder, seen: Seen, reason: str) -> bool:
+    """True when the lock was released (a real run), or would be (a dry run)."""
     action = Action("release", seen.key, (("owner", seen.owner), ("reason", reason)))
     rec.found(action)
     if rec.dry_run:
         rec.done(action)
-        return
+        return True
     script = ctx.redis.register_script(lua(__file__, "release_lock"))
     if await script(keys=[seen.key, keys.LOCK_STATS], args=[seen.record]):  # counts it too
         rec.done(action)
-    else:
-        rec.skip("changed", seen.key)
+        return True
+    rec.skip("changed", seen.key)
+    return False
 
 
 async def _drop_owners(
@@ -161,16 +163,17 @@ async def sweep(ctx: SweepContext, *, dry_run: bool) -> SweepReport:
     rec = Recorder(ctx, NAME, dry_run=dry_run)
     locks = await _read_locks(ctx, rec)
     pods = await ctx.pods()  # after the reads: see owners.py
-    if not dry_run:
-        await ctx.redis.hset(keys.LOCK_STATS, "held", len(locks))
     holding: set[str] = set()
+    released = 0
     for seen in locks:
         v = verdict(ctx, seen, pods)
         if v.gone:
-            await release(ctx, rec, seen, v.reason)
+            released += await release(ctx, rec, seen, v.reason)
         else:
             holding.add(seen.owner)
             rec.skip(v.reason, seen.key)
+    if not dry_run:  # what this run left held (a lock re-taken meanwhile counts as held)
+        await ctx.redis.hset(keys.LOCK_STATS, "held", len(locks) - released)
     await _drop_owners(ctx, rec, pods, holding)
     return rec.finish()
 
