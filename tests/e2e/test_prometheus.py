@@ -231,8 +231,8 @@ def check_each_process_serves_its_own(stack: dict) -> None:
         assert not foreign, f"{role} exports families of other processes: {foreign}"
         own = {n for n in names if n.startswith(("celery_stack_", "celery_"))}
         assert own, f"{role} exports none of its own families"
-        for path in ("/healthz", "/readyz"):
-            assert httpx.get(f"{base}{path}", timeout=10).status_code == 200, (role, path)
+        for path in ("/healthz", "/readyz"):  # beat's readiness waits for its first progress
+            wait_until(lambda u=f"{base}{path}": _ok(u), 30, what=f"{role} {path} 200")
         for path in ("/nope", "/metrics/x", "/healthzz"):
             assert httpx.get(f"{base}{path}", timeout=10).status_code == 404, (role, path)
     assert "celery_stack_beat_epoch" not in httpx.get(f"http://{stack['api']}/metrics").text
@@ -290,6 +290,14 @@ def test_prometheus_scrapes_the_stack_and_alerts_fire(
         )
         wait_until(
             lambda: prom.query("celery_task_failed_total"), 30, interval=0.5, what="a failure"
+        )
+        # the shipped maintenance rules run every 30 s or more from beat's start: the first
+        # run of one sets the rule lag (what the rule panels and CeleryStackMaintenanceRuleLag read)
+        wait_until(
+            lambda: prom.query("celery_stack_rule_lag_seconds"),
+            90,
+            interval=0.5,
+            what="a maintenance rule's first run scraped",
         )
         janitor_sweep_as_the_cronjob_does(settings)
         wait_until(
@@ -368,14 +376,20 @@ def stop_counters_and_watch_alerts(
     """The counters worker stops (flush lag, workers down) and the scans worker stops consuming
     as the chart's preStop hook makes it (not consuming): each alert goes pending, then firing,
     and the scans worker's /readyz says it is not ready."""
-    worker, _ = stack["workers"]["counters"]
-    worker.stop()
     script = ROOT / "charts/celery-stack/files/stop_consuming.py"
     env = {**os.environ, **env_for(settings), "CELERY_BROKER_URL": settings.broker_url}
-    stopped = subprocess.run(
-        [sys.executable, str(script), "scans"], env=env, capture_output=True, text=True, timeout=60
-    )
-    assert "cancelled consumers ['scans'] on" in stopped.stdout, stopped.stdout + stopped.stderr
+
+    def stop_consuming() -> bool:  # its ping waits 2 s for replies: a busy machine can miss them
+        done = subprocess.run(
+            [sys.executable, str(script), "scans"], env=env, capture_output=True, text=True
+        )
+        return "cancelled consumers ['scans'] on ['scans@" in done.stdout
+
+    wait_until(stop_consuming, 60, interval=1, what="the preStop script reaches the scans worker")
+    # then the counters worker: the watch below starts at once, before any of the three alerts
+    # can have left `pending` (the scans worker's readiness file goes stale only after 15 s)
+    worker, _ = stack["workers"]["counters"]
+    worker.stop()
     watched = {
         ("CeleryStackWorkersDown", "counters"),
         ("CeleryStackCounterFlushLag", "post:views"),
