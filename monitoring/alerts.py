@@ -58,6 +58,7 @@ class Thresholds:
         return replace(
             cls(),
             workers_down_for="5s",
+            not_consuming_for="5s",
             worker_lookback="10m",
             flush_lag_seconds=8,
             flush_lag_for="5s",
@@ -233,7 +234,8 @@ def _janitor(t: Thresholds) -> list[Alert]:
         ),
         Alert(
             "CeleryStackLockLeaked",
-            f"sum(increase(celery_stack_locks_leaked_total[{t.leaked_window}])) > 0",
+            # one counter in Redis, exported by every maintenance worker replica: max, not sum
+            f"max(increase(celery_stack_locks_leaked_total[{t.leaked_window}])) > 0",
             "",
             t.severity_ticket,
             "A lock outlived its owner",

@@ -408,8 +408,9 @@ def beat_janitor() -> list[tuple[str, list[Panel]]]:
                     "Locks held and leaked",
                     "short",
                     (
-                        Query("sum(celery_stack_locks_held)", "held"),
-                        Query("sum(increase(celery_stack_locks_leaked_total[1h]))", "leaked/h"),
+                        # from Redis via every maintenance worker replica: max folds them
+                        Query("max(celery_stack_locks_held)", "held"),
+                        Query("max(increase(celery_stack_locks_leaked_total[1h]))", "leaked/h"),
                     ),
                 ),
                 Panel(

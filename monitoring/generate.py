@@ -150,7 +150,10 @@ def _families(metrics: object) -> list[tuple[str, str, list[str], str]]:
         (metrics.WORKER_CONSUMING_NAME, ["hostname", "queue_name"], "1 while consuming."),  # type: ignore[attr-defined]
     ]
     scraped += [(n, list(labels), doc) for n, labels, doc in metrics.JANITOR_RUN_FAMILIES]  # type: ignore[attr-defined]
+    scraped += [(metrics.LOCKS_HELD_NAME, [], metrics.LOCKS_HELD_HELP)]  # type: ignore[attr-defined]
     rows += [(n, "gauge (scrape time)", labels, doc) for n, labels, doc in scraped]
+    leaked = metrics.LOCKS_LEAKED_NAME + "_total"  # type: ignore[attr-defined]
+    rows += [(leaked, "counter (scrape time)", [], metrics.LOCKS_LEAKED_HELP)]  # type: ignore[attr-defined]
     return sorted(rows)
 
 

@@ -16,16 +16,14 @@ import json
 import httpx
 import pytest
 from opentelemetry import trace
-from opentelemetry.instrumentation.celery import CeleryInstrumentor
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
-from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from sqlalchemy import select
 
 from celery_stack_api.main import create_app
-from celery_stack_core import connections
+from celery_stack_core import connections, tracing
 from celery_stack_core.config import DEV_USER_TOKEN
 from celery_stack_core.db import make_engine
 from celery_stack_core.keys import ShardKeys, shard_of
@@ -43,11 +41,9 @@ def exporter():
         provider = TracerProvider()
         trace.set_tracer_provider(provider)
     provider.add_span_processor(SimpleSpanProcessor(exp))
-    SQLAlchemyInstrumentor().instrument(enable_commenter=False)
-    CeleryInstrumentor().instrument()
+    tracing.instrument_libraries()  # what setup_tracing installs in every service
     yield exp
-    CeleryInstrumentor().uninstrument()
-    SQLAlchemyInstrumentor().uninstrument()
+    tracing.uninstrument_libraries()
     exp.shutdown()
 
 

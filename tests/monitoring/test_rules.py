@@ -103,3 +103,38 @@ def test_k8s_monitoring_builds_with_kustomize():
     assert kinds == ["ConfigMap"] * len(dashboards.DASHBOARDS) + ["PrometheusRule"]
     rule = next(d for d in docs if d["kind"] == "PrometheusRule")
     assert rule["spec"] == alerts.rule_file()
+
+
+def runbook_sections() -> dict[str, str]:
+    text = (ROOT / "docs/runbooks.md").read_text()
+    parts = re.split(r"^## (.+)$", text, flags=re.M)
+    return {title.strip(): body for title, body in zip(parts[1::2], parts[2::2], strict=True)}
+
+
+@pytest.mark.parametrize("alert", alerts.alerts(), ids=lambda a: a.name)
+def test_each_alerts_runbook_section_says_what_to_check_and_what_to_run(alert):
+    body = runbook_sections().get(alert.runbook)
+    assert body is not None, f"docs/runbooks.md has no `## {alert.runbook}` section"
+    assert f"**{alert.name}**" in body, f"{alert.runbook} does not name {alert.name}"
+    assert re.search(r"^Check\b", body, flags=re.M), f"{alert.runbook}: no `Check:` part"
+    assert re.search(r"^Do\b", body, flags=re.M), f"{alert.runbook}: no `Do:` part"
+    commands = re.findall(r"`([^`]+)`", body)
+    runnable = ("kubectl", "celery-stack-", "redis-cli", "helm", "SELECT", "GET ", "POST ")
+    assert any(c.startswith(runnable) for c in commands), f"{alert.runbook}: no command to run"
+
+
+# The panels the issue asks of each dashboard, as words their titles must contain.
+REQUIRED_PANELS = {
+    "overview": ["Throughput", "Failures", "Backlog", "p50 / p99 per queue", "Workers"],
+    "counters": ["Ingest rate", "Flush lag", "Batch size", "Dropped", "fallbacks"],
+    "scans": ["Dispatch latency", "duration", "Outcomes", "Dead", "Outbox"],
+    "beat-janitor": ["Leader", "Epoch", "Failovers", "lag", "Sweeps"],
+}
+
+
+@pytest.mark.parametrize("stem", sorted(REQUIRED_PANELS))
+def test_each_dashboard_has_the_panels_the_issue_lists(stem):
+    board = json.loads((generate.CHART_FILES / "dashboards" / f"{stem}.json").read_text())
+    titles = [p["title"] for p in board["panels"] if p["type"] != "row"]
+    for word in REQUIRED_PANELS[stem]:
+        assert any(word.lower() in t.lower() for t in titles), f"{stem}: no {word!r} panel"

@@ -37,19 +37,21 @@ OTHER = "other"
 MAX_NAMES = 500
 _HOST = socket.gethostname()
 _queues: set[str] = set(QUEUES)
-_names: dict[str, str] = {}  # task name -> its label; names come from code, never from users
+_names: dict[str, str] = {}  # task name -> its label, at most MAX_NAMES of them
 _started: dict[str, tuple[float, str, str]] = {}  # task id -> (monotonic start, name, queue)
 
 
 def _name(name: str | None) -> str:
-    """The task name if it routes to one of our queues (so a name from code), else "other"."""
+    """The task name if it routes to one of our queues, else "other"; past MAX_NAMES distinct
+    names every new one is "other" too. Routing checks only the prefix (`scans.*`), and a name can
+    come from a message header (task_rejected), so the cap is what bounds the label."""
     if not name:
         return OTHER
     label = _names.get(name)
     if label is None:
         try:
             queue_of(name)
-            label = name
+            label = name if len(_names) < MAX_NAMES else OTHER
         except UnroutedTask:
             label = OTHER
         if len(_names) < MAX_NAMES:

@@ -80,6 +80,9 @@ def unique_viewers(target: str, target_id: int) -> str:
 # --- locks: one hash tag for the locks and their owners' records (lock_*.lua touch both) ------
 LOCKS = f"{PREFIX}:{{locks}}"
 LOCK_PATTERN = f"{LOCKS}:lock:*"  # SCAN MATCH pattern of every lock key
+# hash: `held` (locks the last real locks sweep left held), `leaked` (locks the janitor released,
+# counted by the release script itself); read by the maintenance worker's /metrics (sweeps/locks.py)
+LOCK_STATS = f"{LOCKS}:stats"
 
 
 def lock(name: str) -> str:

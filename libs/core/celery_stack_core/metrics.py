@@ -163,28 +163,11 @@ OUTBOX_OLDEST_AGE = Gauge(
     multiprocess_mode="max",
 )
 # --- janitor --------------------------------------------------------------------------------------
-JANITOR_FOUND = Counter(
-    f"{NS}_janitor_found", "Things a janitor sweep found to act on (real runs).", ["sweep"]
-)
-JANITOR_REMOVED = Counter(
-    f"{NS}_janitor_removed",
-    "Things a janitor sweep removed, released, requeued or repaired (real runs).",
-    ["sweep"],
-)
-JANITOR_SKIPPED = Counter(
-    f"{NS}_janitor_skipped",
-    "Things a janitor sweep looked at and left alone, by reason (owner_alive, grace, changed...).",
-    ["sweep", "reason"],
-)
-JANITOR_DURATION = Histogram(
-    f"{NS}_janitor_sweep_duration_seconds",
-    "Time one janitor sweep took (real runs).",
-    ["sweep"],
-    buckets=(0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
-)
-# The last run of each sweep, wherever it ran (CronJob, CLI, API job): read at scrape time from
-# the janitor_runs table by the maintenance worker (sweeps/runs.py), because a CronJob's pod is
-# gone before Prometheus could scrape it. (name, labels, help)
+# Sweeps run in short-lived processes (the CronJob's pod is gone before Prometheus could scrape
+# it, the operator has no metrics port), so no janitor metric is counted in-process: every one is
+# read at scrape time by the maintenance worker, which is always deployed and scraped.
+# The last run of each sweep, wherever it ran (CronJob, CLI, API job): from the janitor_runs
+# table (sweeps/runs.py). (name, labels, help)
 JANITOR_LAST_RUN_NAME = f"{NS}_janitor_last_run_timestamp_seconds"
 JANITOR_RUN_FAMILIES: tuple[tuple[str, tuple[str, ...], str], ...] = (
     (JANITOR_LAST_RUN_NAME, ("sweep",), "Unix time a janitor sweep last finished a real run."),
@@ -205,11 +188,15 @@ JANITOR_RUN_FAMILIES: tuple[tuple[str, tuple[str, ...], str], ...] = (
         "Time the last real run of a sweep took.",
     ),
 )
-LOCKS_HELD = Gauge(
-    f"{NS}_locks_held", "Locks held in Redis at the last janitor look.", multiprocess_mode="max"
+# Locks: from Redis, where the locks live (sweeps/locks.py): the locks sweep records what it saw,
+# and its release script counts each leaked lock it releases, atomically with the release.
+LOCKS_HELD_NAME = f"{NS}_locks_held"
+LOCKS_HELD_HELP = (
+    "Locks held in Redis after the last real run of the locks sweep (leaked ones released)."
 )
-LOCKS_LEAKED = Counter(
-    f"{NS}_locks_leaked", "Locks the janitor released because their owner was gone."
+LOCKS_LEAKED_NAME = f"{NS}_locks_leaked"  # a counter: exposed as ..._total
+LOCKS_LEAKED_HELP = (
+    "Locks the janitor released because their owner was gone, by every janitor process."
 )
 # --- beat (one process per replica; each replica exposes its own) ---------------------------------
 BEAT_IS_LEADER = Gauge(
@@ -345,6 +332,8 @@ _CELERY_WORKER = (
     f"{NS}_task_failures",
     f"{NS}_task_duplicates_refused",
 )
+# Read at scrape time by the maintenance worker (sweeps/runs.py, sweeps/locks.py); the janitor's
+# own processes (CronJob, CLI, operator) live too briefly or have no metrics port.
 _JANITOR = (f"{NS}_janitor_", f"{NS}_locks_")
 ROLE_FAMILIES: dict[str, tuple[str, ...]] = {
     "api": (
@@ -388,7 +377,6 @@ ROLE_FAMILIES: dict[str, tuple[str, ...]] = {
         f"{NS}_rule_",
     ),
     "beat": (*_PROCESS, *_CELERY_PUBLISH, f"{NS}_beat_"),
-    "janitor": (*_PROCESS, *_JANITOR),
 }
 
 

@@ -6,6 +6,8 @@ outbox rows, so one trace runs from the HTTP request through the queue to SQL.
 
 from __future__ import annotations
 
+from typing import Any
+
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
@@ -27,19 +29,39 @@ def setup_tracing(service: str, settings: Settings) -> bool:
     if _configured or not tracing_enabled(settings):
         return _configured
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-    from opentelemetry.instrumentation.celery import CeleryInstrumentor
-    from opentelemetry.instrumentation.redis import RedisInstrumentor
-    from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
 
     provider = TracerProvider(resource=Resource.create({"service.name": service}))
     endpoint = settings.observability.otlp_endpoint.rstrip("/") + "/v1/traces"
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
     trace.set_tracer_provider(provider)
-    CeleryInstrumentor().instrument()
-    RedisInstrumentor().instrument()
-    SQLAlchemyInstrumentor().instrument(enable_commenter=False)
+    instrument_libraries()
     _configured = True
     return True
+
+
+def _instrumentors() -> list[tuple[Any, dict[str, Any]]]:
+    from opentelemetry.instrumentation.celery import CeleryInstrumentor
+    from opentelemetry.instrumentation.redis import RedisInstrumentor
+    from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
+
+    return [
+        (CeleryInstrumentor(), {}),
+        (RedisInstrumentor(), {}),
+        (SQLAlchemyInstrumentor(), {"enable_commenter": False}),
+    ]
+
+
+def instrument_libraries() -> None:
+    """What carries one trace from a request through the queue to SQL: Celery (the context in
+    message headers, a span per task), Redis and SQLAlchemy spans. tests/e2e/test_traces.py
+    runs this same function under an in-memory exporter."""
+    for instrumentor, options in _instrumentors():
+        instrumentor.instrument(**options)
+
+
+def uninstrument_libraries() -> None:
+    for instrumentor, _ in _instrumentors():
+        instrumentor.uninstrument()
 
 
 def flush_tracing() -> None:

@@ -96,10 +96,12 @@ def serve_worker_metrics(app: Celery, settings: Settings, service: str) -> None:
     extra: list[Collector] = [broker]
     if queue == "maintenance":
         # The maintenance worker is always deployed and scraped: it exports every sweep run's
-        # record, the CronJob's included (their pods exit before a scrape; sweeps/runs.py).
+        # record, the CronJob's included (their pods exit before a scrape; sweeps/runs.py),
+        # and the lock figures every janitor process keeps in Redis (sweeps/locks.py).
+        from celery_stack_core.sweeps.locks import LockStats
         from celery_stack_core.sweeps.runs import RunCollector
 
-        extra.append(RunCollector(settings.stores.database_url))
+        extra += [RunCollector(settings.stores.database_url), LockStats(make_redis(settings))]
     reg = metrics.registry(metrics.role_of_worker(queue), extra)
 
     def check(path: str, within: float) -> metrics.Check:

@@ -28,8 +28,9 @@ SCRIPT_KEYS = {
     "lock_acquire": [keys.lock("job"), keys.owner_locks("o"), keys.owner_heartbeat("o")],
     "lock_renew": [keys.lock("job"), keys.owner_heartbeat("o")],
     "lock_release": [keys.lock("job"), keys.owner_locks("o")],
-    # the janitor's: a leaked lock, a gone owner's records (and the locks its set names)
-    "release_lock": [keys.lock("job")],
+    # the janitor's: a leaked lock (and the release counted beside it), a gone owner's records
+    # (and the locks its set names)
+    "release_lock": [keys.lock("job"), keys.LOCK_STATS],
     "drop_owner": [keys.owner_locks("o"), keys.owner_heartbeat("o"), keys.lock("job")],
     "lease_acquire": [keys.BEAT_LEASE, keys.BEAT_EPOCH],
     "lease_renew": [keys.BEAT_LEASE],

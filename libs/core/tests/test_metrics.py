@@ -122,3 +122,87 @@ def test_the_maintenance_worker_exposes_the_rule_families():
     maintenance = families(metrics.role_of_worker("maintenance"))
     assert {"celery_stack_rule_rows", "celery_stack_task_duplicates_refused"} <= maintenance
     assert "celery_stack_rule_rows" not in families("api")
+
+
+def test_task_labels_stay_bounded(monkeypatch):
+    """Task names route by prefix (`scans.*`) and can come from a message header: past
+    MAX_NAMES distinct names every new one is "other"; unknown queues are "other" too."""
+    monkeypatch.setattr(celery_metrics, "_names", {})
+    monkeypatch.setattr(celery_metrics, "MAX_NAMES", 50)
+    labels = {celery_metrics._name(f"scans.made-up-{i}") for i in range(1000)}
+    labels |= {celery_metrics._name(n) for n in ("no.such.queue.task", "", None)}
+    assert len(labels) <= 50 + 1 and "other" in labels
+    assert (
+        celery_metrics._name("scans.made-up-0") == "scans.made-up-0"
+    )  # the first ones keep theirs
+    assert {celery_metrics._queue(q) for q in ("scans", "evil-1", "evil-2", None)} == {
+        "scans",
+        "other",
+    }
+
+
+# The issue's list (celery-exporter's names where it has one), as exposed: name, type, labels.
+_TASK = ("name", "queue_name", "hostname")
+ISSUE_FAMILIES = [
+    *((f"celery_task_{e}", "counter", _TASK) for e in ("sent", "received", "started")),
+    *((f"celery_task_{e}", "counter", _TASK) for e in ("succeeded", "retried", "rejected")),
+    ("celery_task_revoked", "counter", _TASK),
+    ("celery_task_failed", "counter", (*_TASK, "exception")),
+    ("celery_task_runtime", "histogram", ("name", "queue_name")),
+    ("celery_task_queue_wait", "histogram", ("name", "queue_name")),
+    ("celery_stack_flush_lag_seconds", "gauge", ("counter",)),
+    ("celery_stack_counter_buffered_entries", "gauge", ("counter",)),
+    ("celery_stack_counter_db_fallbacks", "counter", ("target", "field")),
+    ("celery_stack_outbox_oldest_unsent_age_seconds", "gauge", ()),
+    ("celery_stack_scan_redeliveries", "counter", ()),
+    ("celery_stack_scans_dead", "counter", ()),
+    ("celery_stack_beat_is_leader", "gauge", ("election",)),
+    ("celery_stack_beat_epoch", "gauge", ()),
+    ("celery_stack_beat_transitions", "counter", ("event",)),  # failovers: event="acquired"
+    ("celery_stack_beat_tick_lag_seconds", "gauge", ()),
+    ("celery_stack_rule_lag_seconds", "gauge", ("rule",)),
+]
+
+
+@pytest.mark.parametrize(("name", "kind", "labels"), ISSUE_FAMILIES, ids=lambda x: str(x))
+def test_the_issues_metric_families_exist_with_their_labels_in_a_role(name, kind, labels):
+    from prometheus_client.metrics import MetricWrapperBase
+
+    (metric,) = [
+        m for m in vars(metrics).values() if isinstance(m, MetricWrapperBase) and m._name == name
+    ]
+    assert (metric._type, tuple(metric._labelnames)) == (kind, labels)
+    roles = [r for r in metrics.ROLE_FAMILIES if name.startswith(metrics.prefixes_of(r))]
+    assert roles, f"{name}: no process exports it"
+
+
+class _Task:
+    name = "scans.run"
+
+    class request:
+        delivery_info = {"routing_key": "scans"}
+
+
+def test_retried_rejected_and_revoked_signals_count_with_their_labels():
+    """The handlers take what Celery's signals send (task_retry: sender + request; task_rejected:
+    the message; task_revoked: the request)."""
+
+    def value(counter) -> float:
+        return counter.labels("scans.run", "scans", celery_metrics._HOST)._value.get()
+
+    before = [value(c) for c in (metrics.TASK_RETRIED, metrics.TASK_REJECTED, metrics.TASK_REVOKED)]
+    celery_metrics._retried(sender=_Task(), request=_Task.request, reason=None, einfo=None)
+
+    class Message:
+        headers = {"task": "scans.run"}
+        delivery_info = {"routing_key": "scans"}
+
+    celery_metrics._rejected(message=Message(), exc=None)
+
+    class Request:  # celery.worker.request.Request
+        name = "scans.run"
+        delivery_info = {"routing_key": "scans"}
+
+    celery_metrics._revoked(request=Request(), terminated=False, signum=None, expired=True)
+    after = [value(c) for c in (metrics.TASK_RETRIED, metrics.TASK_REJECTED, metrics.TASK_REVOKED)]
+    assert [a - b for a, b in zip(after, before, strict=True)] == [1, 1, 1]

@@ -2,7 +2,8 @@
 
 A pure ASGI middleware outside everything else (the view fast path included). The `route` label
 is the matched route's template, so cardinality is the number of routes: an unmatched path
-(a 404 from a scanner) is "unmatched", never its raw path.
+(a 404 from a scanner) is "unmatched", never its raw path, and a method outside the standard
+ones is "other", never the client's token.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ _FAST_VIEW = re.compile(r"/api/v1/(posts|articles)/[0-9]+/views")
 FAST_VIEW_ROUTE = "/api/v1/{target}/{target_id}/views"
 FAST_BATCH_ROUTE = "/api/v1/views:batch"  # a template without parameters: its own path
 UNMATCHED = "unmatched"
+# HTTP lets a client send any token as its method: label only the standard ones.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+OTHER_METHOD = "other"
 
 
 def route_of(scope: Scope) -> str:
@@ -60,11 +64,12 @@ class HttpMetrics:
             await self.app(scope, receive, send_and_note)
         finally:
             route = route_of(scope)
-            key = (route, scope["method"], code // 100)
+            method = scope["method"] if scope["method"] in METHODS else OTHER_METHOD
+            key = (route, method, code // 100)
             requests = self._requests.get(key)
             if requests is None:
                 requests = self._requests[key] = metrics.HTTP_REQUESTS.labels(
-                    route, scope["method"], f"{code // 100}xx"
+                    route, method, f"{code // 100}xx"
                 )
             duration = self._durations.get(route)
             if duration is None:

@@ -21,6 +21,7 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 
+from celery_stack_core import keys
 from celery_stack_core.models import JanitorRun
 from celery_stack_core.sweeps import SweepContext, jobs, results
 from celery_stack_devstack.pytest_plugin import await_until, env_for
@@ -114,3 +115,48 @@ async def test_a_cronjob_sweep_run_reaches_the_maintenance_workers_metrics(
             await conn.execute(select(JanitorRun.source, JanitorRun.found).order_by(JanitorRun.id))
         ).all()
     assert [tuple(r) for r in rows] == [("cli", 3), ("job", 1)], "one row per run"
+
+
+async def test_locks_a_cronjob_releases_are_counted_on_the_maintenance_workers_metrics(
+    settings, clean_db, redis, start_service, free_tcp_port, tmp_path
+):
+    """Locks held and leaked are true whichever process swept: a CLI run (the CronJob's command)
+    releases a leaked lock and exits; the maintenance worker's /metrics counts it. In-process
+    counters would show it nowhere: that process is gone, and the worker released nothing."""
+    port = free_tcp_port
+    start_service(
+        "worker-maintenance",
+        ["celery-stack-worker-maintenance", "--concurrency", "1"],
+        METRICS_PORT=str(port),
+        WORKER_HEARTBEAT_FILE=str(tmp_path / "alive"),
+    )
+
+    def locks() -> dict[str, float]:
+        try:
+            got = scrape(port)
+        except OSError:
+            return {}
+        return {n: v for (n, _), v in got.items() if n.startswith("celery_stack_locks_")}
+
+    await await_until(lambda: asyncio.to_thread(lambda: bool(locks())), 60, what="/metrics")
+    assert locks() == {"celery_stack_locks_held": 0, "celery_stack_locks_leaked_total": 0}
+
+    await redis.delete(keys.LOCK_STATS)
+    gone = json.dumps({"owner": "host:elsewhere:1:x", "ttl": 1})  # another host, no heartbeat
+    for name in ("leaked-a", "leaked-b"):
+        await redis.set(keys.lock(name), gone)
+    await redis.set(keys.lock("live"), json.dumps({"owner": "pod:some-uid:7", "ttl": 30}))
+    await redis.set(keys.owner_heartbeat("pod:some-uid:7"), json.dumps({"ttl": 30}), ex=60)
+    try:
+        for _ in range(2):  # the second run finds nothing more to release
+            cli = await asyncio.to_thread(janitor, settings, "sweep", "--only", "locks", "--json")
+            assert cli.returncode == 0, cli.stderr
+            # held: what the run left (the live owner's lock), leaked: every release so far
+            assert locks() == {"celery_stack_locks_held": 1, "celery_stack_locks_leaked_total": 2}
+        dry = await asyncio.to_thread(janitor, settings, "sweep", "--only", "locks", "--dry-run")
+        assert dry.returncode == 0, dry.stderr
+        assert locks()["celery_stack_locks_leaked_total"] == 2, "a dry run releases nothing"
+    finally:
+        await redis.delete(
+            keys.lock("live"), keys.owner_heartbeat("pod:some-uid:7"), keys.LOCK_STATS
+        )

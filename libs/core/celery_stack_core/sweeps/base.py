@@ -18,7 +18,6 @@ from typing import Any
 import redis.asyncio as aioredis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from celery_stack_core import metrics
 from celery_stack_core.config import Settings
 from celery_stack_core.outbox import Publisher
 
@@ -105,7 +104,8 @@ class SweepReport:
 
 
 class Recorder:
-    """Counts, logs (one JSON line per action) and exports the metrics of one sweep run."""
+    """Counts and logs (one JSON line per action) one sweep run; its report reaches Prometheus
+    through janitor_runs (sweeps/runs.py), not through this process's metrics."""
 
     def __init__(self, ctx: SweepContext, sweep: str, *, dry_run: bool) -> None:
         self.ctx = ctx
@@ -137,8 +137,6 @@ class Recorder:
                 **({"rows": n} if n != 1 else {}),
             },
         )
-        if not self.dry_run:
-            metrics.JANITOR_REMOVED.labels(self.report.sweep).inc(n)
 
     def found_all(self, action: str, targets: Sequence[str], detail: Detail = ()) -> None:
         """Many actions of one kind planned in one step (Action objects only for the sample)."""
@@ -166,8 +164,6 @@ class Recorder:
                 **dict(detail),
             },
         )
-        if not self.dry_run:
-            metrics.JANITOR_REMOVED.labels(self.report.sweep).inc(n)
 
     def skip(self, reason: str, target: str = "", n: int = 1) -> None:
         self.report.skipped[reason] += n
@@ -176,15 +172,10 @@ class Recorder:
                 "janitor skipped",
                 extra={"sweep": self.report.sweep, "reason": reason, "target": target},
             )
-        if not self.dry_run:
-            metrics.JANITOR_SKIPPED.labels(self.report.sweep, reason).inc(n)
 
     def finish(self) -> SweepReport:
         rep = self.report
         rep.duration = time.monotonic() - self._started
-        if not rep.dry_run:
-            metrics.JANITOR_FOUND.labels(rep.sweep).inc(rep.found)
-            metrics.JANITOR_DURATION.labels(rep.sweep).observe(rep.duration)
         log.info("janitor sweep finished", extra=rep.as_dict() | {"actions": len(rep.actions)})
         return rep
 

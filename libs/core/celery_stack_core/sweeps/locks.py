@@ -4,19 +4,34 @@ nothing. A lock whose owner lives, or whose owner cannot be judged, is never tou
 frees it if its holder stops renewing.
 
 Pod snapshots are taken after the locks are read (owners.py says why).
+
+Metrics: the janitor runs in processes nobody scrapes (a CronJob's pod exits first, the operator
+has no metrics port), so its lock figures live in Redis beside the locks (keys.LOCK_STATS) and
+the maintenance worker's LockStats collector exports them at scrape time:
+
+    sweep (real run)  HSET held <locks it left held> -> celery_stack_locks_held
+    release_lock.lua  DEL lock + HINCRBY leaked 1   -> celery_stack_locks_leaked_total
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
+
+import redis
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 from celery_stack_core import keys, metrics
 from celery_stack_core.lua import lua
 from celery_stack_core.sweeps.base import Action, Recorder, SweepContext, SweepReport
 from celery_stack_core.sweeps.owners import Verdict, judge, parse_owner
 
+log = logging.getLogger("celery_stack.janitor")
 NAME = "locks"
 LOCK_MATCH = keys.lock("*")
 OWNER_SET_MATCH = keys.owner_locks("*")
@@ -92,18 +107,19 @@ def verdict(ctx: SweepContext, seen: Seen, pods: frozenset[str] | None) -> Verdi
     )
 
 
-async def release(ctx: SweepContext, rec: Recorder, seen: Seen, reason: str) -> None:
+async def release(ctx: SweepContext, rec: Recorder, seen: Seen, reason: str) -> bool:
+    """True when the lock was released (a real run), or would be (a dry run)."""
     action = Action("release", seen.key, (("owner", seen.owner), ("reason", reason)))
     rec.found(action)
     if rec.dry_run:
         rec.done(action)
-        return
+        return True
     script = ctx.redis.register_script(lua(__file__, "release_lock"))
-    if await script(keys=[seen.key], args=[seen.record]):
-        metrics.LOCKS_LEAKED.inc()
+    if await script(keys=[seen.key, keys.LOCK_STATS], args=[seen.record]):  # counts it too
         rec.done(action)
-    else:
-        rec.skip("changed", seen.key)
+        return True
+    rec.skip("changed", seen.key)
+    return False
 
 
 async def _drop_owners(
@@ -147,15 +163,36 @@ async def sweep(ctx: SweepContext, *, dry_run: bool) -> SweepReport:
     rec = Recorder(ctx, NAME, dry_run=dry_run)
     locks = await _read_locks(ctx, rec)
     pods = await ctx.pods()  # after the reads: see owners.py
-    if not dry_run:
-        metrics.LOCKS_HELD.set(len(locks))
     holding: set[str] = set()
+    released = 0
     for seen in locks:
         v = verdict(ctx, seen, pods)
         if v.gone:
-            await release(ctx, rec, seen, v.reason)
+            released += await release(ctx, rec, seen, v.reason)
         else:
             holding.add(seen.owner)
             rec.skip(v.reason, seen.key)
+    if not dry_run:  # what this run left held (a lock re-taken meanwhile counts as held)
+        await ctx.redis.hset(keys.LOCK_STATS, "held", len(locks) - released)
     await _drop_owners(ctx, rec, pods, holding)
     return rec.finish()
+
+
+class LockStats(Collector):
+    """celery_stack_locks_held and celery_stack_locks_leaked_total from keys.LOCK_STATS, for the
+    maintenance worker's /metrics: one HMGET per scrape. Before any real locks sweep both read 0
+    (nothing seen, nothing released); a Redis that answers nothing leaves them out."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            held, leaked = self.client.hmget(keys.LOCK_STATS, ["held", "leaked"])
+        except redis.RedisError as exc:
+            log.warning("lock stats unreadable at scrape", extra={"error": repr(exc)})
+            return
+        yield GaugeMetricFamily(metrics.LOCKS_HELD_NAME, metrics.LOCKS_HELD_HELP, int(held or 0))
+        yield CounterMetricFamily(
+            metrics.LOCKS_LEAKED_NAME, metrics.LOCKS_LEAKED_HELP, int(leaked or 0)
+        )
