@@ -35,7 +35,7 @@ def toggles(node: Any, path: tuple[str, ...] = ()) -> list[str]:
 TOGGLES = toggles(VALUES)
 
 
-def setting(path: str, value: bool) -> dict[str, Any]:
+def setting(path: str, *, value: bool) -> dict[str, Any]:
     out: dict[str, Any] = {"enabled": value}
     for key in reversed(path.split(".")):
         out = {key: out}
@@ -54,9 +54,9 @@ def test_the_walk_finds_the_toggles():
 
 @pytest.mark.parametrize("path", TOGGLES)
 def test_a_toggle_renders_its_objects_or_fails_with_a_message(path):
-    off = objects(setting(path, False))
+    off = objects(setting(path, value=False))
     try:
-        on = objects(setting(path, True))
+        on = objects(setting(path, value=True))
     except RenderError as exc:
         component = path.split(".")[-1]
         assert component in str(exc), f"{path}=true fails without naming it: {exc}"
@@ -85,11 +85,11 @@ def notes(values: dict[str, Any], tmp_path) -> str:
 def test_a_toggle_whose_api_is_missing_renders_its_fallback_and_says_so(
     path, api, kind, fallback, tmp_path
 ):
-    with_api = render_chart(setting(path, True), api_versions=(api,))
+    with_api = render_chart(setting(path, value=True), api_versions=(api,))
     assert any(d["kind"] == kind for d in with_api)
-    without = render_chart(setting(path, True))
+    without = render_chart(setting(path, value=True))
     assert not any(d["kind"] == kind for d in without)
     assert fallback in json.dumps(without)
-    said = notes(setting(path, True), tmp_path)  # a client dry run: no such API
+    said = notes(setting(path, value=True), tmp_path)  # a client dry run: no such API
     assert f"{path}.enabled" in said and api in said, said
-    assert f"{path}.enabled" not in notes(setting(path, False), tmp_path)
+    assert f"{path}.enabled" not in notes(setting(path, value=False), tmp_path)
