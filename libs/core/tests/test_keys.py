@@ -66,10 +66,13 @@ def test_the_plugin_catches_a_script_called_across_slots(settings):
     client = redis.Redis.from_url(settings.stores.redis_url)
     try:
         with ScriptSlots().installed() as slots:
-            client.eval("return 1", 2, "{a}:x", "{a}:y")
+            release = scripts()["lock_release"].read_text()
+            client.eval(release, 2, "{a}:x", "{a}:y", "me")
             assert slots.crossing == []
-            client.eval("return 1", 2, "{a}:x", "{b}:y")
+            client.eval(release, 2, "{a}:x", "{b}:y", "me")
             assert len(slots.crossing) == 1 and "['{a}:x', '{b}:y']" in slots.crossing[0]
+            client.eval("return 1", 2, "{a}:x", "{b}:y")  # not ours (kombu runs its own)
+            assert len(slots.crossing) == 1
             apply_results = scripts()["apply_results"].read_text()
             client.eval(apply_results, 2, "celery-task-meta-1", "celery-task-meta-2", "ee", 60)
             assert len(slots.crossing) == 1
