@@ -96,6 +96,18 @@ LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 DUMPER: Any = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 
+def notes(values: dict[str, Any], tmp_path: Path) -> str:
+    """NOTES.txt as `helm install --dry-run=client` prints it for `values` (no cluster)."""
+    vf = tmp_path / "v.json"
+    vf.write_text(json.dumps(values))
+    proc = subprocess.run(
+        [tool("helm"), "install", "cs", str(CHART), "-n", NAMESPACE, "--dry-run=client",
+         "--values", str(vf)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return proc.stdout.split("NOTES:", 1)[1]
+
+
 def load_all(text: str) -> list[dict[str, Any]]:
     return [d for d in yaml.load_all(text, Loader=LOADER) if d]
 

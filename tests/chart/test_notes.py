@@ -2,21 +2,7 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-
-from chartlib import CHART, NAMESPACE, tool
-
-
-def notes(values: dict[str, object], tmp_path) -> str:
-    vf = tmp_path / "v.json"
-    vf.write_text(json.dumps(values))
-    proc = subprocess.run(
-        [tool("helm"), "install", "cs", str(CHART), "-n", NAMESPACE, "--dry-run=client",
-         "--values", str(vf)],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    return proc.stdout.split("NOTES:", 1)[1]
+from chartlib import notes
 
 
 def test_notes_default(tmp_path):

@@ -10,12 +10,11 @@ fallback renders, and NOTES.txt says which one the release got."""
 from __future__ import annotations
 
 import json
-import subprocess
 from typing import Any
 
 import pytest
 import yaml
-from chartlib import CHART, KEDA, MONITORING, NAMESPACE, RenderError, render_chart, tool
+from chartlib import CHART, KEDA, MONITORING, RenderError, notes, render_chart
 
 VALUES = yaml.safe_load((CHART / "values.yaml").read_text())
 APIS = (KEDA, MONITORING)
@@ -62,17 +61,6 @@ def test_a_toggle_renders_its_objects_or_fails_with_a_message(path):
         assert component in str(exc), f"{path}=true fails without naming it: {exc}"
         return
     assert on - off, f"{path}=true renders nothing that {path}=false does not"
-
-
-def notes(values: dict[str, Any], tmp_path) -> str:
-    vf = tmp_path / "v.json"
-    vf.write_text(json.dumps(values))
-    proc = subprocess.run(
-        [tool("helm"), "install", "cs", str(CHART), "-n", NAMESPACE, "--dry-run=client",
-         "--values", str(vf)],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    return proc.stdout.split("NOTES:", 1)[1]
 
 
 @pytest.mark.parametrize(
