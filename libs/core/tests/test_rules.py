@@ -141,6 +141,12 @@ async def test_warning_is_not_written_after_the_deadline(clean_db):
     assert (await q(clean_db, "SELECT count(*) FROM rule_notifications"))[0][0] == 0
 
 
+async def user_stats(db) -> dict[str, tuple[int, ...]]:
+    """user_statistics as {user: (chats, messages, tasks_posted)}."""
+    rows = await q(db, "SELECT user_id, chats, messages, tasks_posted FROM user_statistics")
+    return {r[0]: tuple(r[1:]) for r in rows}
+
+
 async def test_rollup_twice_changes_nothing(clean_db):
     rules = await bound_defaults(clean_db, **{"update-all-users-statistics": {"batch_size": 2}})
     stats = rules["update-all-users-statistics"]
@@ -159,12 +165,7 @@ async def test_rollup_twice_changes_nothing(clean_db):
     first = await run_rule(clean_db, stats, now=at(1))
     assert first.rows == 5
     assert first.batches == 3
-    got = {
-        r[0]: tuple(r[1:])
-        for r in await q(
-            clean_db, "SELECT user_id, chats, messages, tasks_posted FROM user_statistics"
-        )
-    }
+    got = await user_stats(clean_db)
     assert got == {
         "u1": (2, 2, 0),
         "u2": (1, 1, 0),
@@ -462,12 +463,7 @@ async def test_incremental_rollup_recomputes_only_the_changed_keys(clean_db):
     third = await run_rule(clean_db, stats, now=at(3))
     assert third.rows == 4  # u2, u3, u4, u7
     assert third.lag == 0
-    got = {
-        r[0]: tuple(r[1:])
-        for r in await q(
-            clean_db, "SELECT user_id, chats, messages, tasks_posted FROM user_statistics"
-        )
-    }
+    got = await user_stats(clean_db)
     assert got == {
         "u1": (99, 1, 0),  # not recomputed: no source row of u1 changed
         "u2": (0, 0, 0),
