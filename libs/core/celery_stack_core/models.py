@@ -392,12 +392,16 @@ class ExpertStat(Base):
     updated_at: Mapped[datetime] = _created()
 
 
+AgentStatus = Literal["available", "offline"]
+AGENT_STATUSES: tuple[AgentStatus, ...] = get_args(AgentStatus)
+
+
 class Agent(Base):
     """A customer-service agent who takes up to `capacity` active chats."""
 
     __tablename__ = "agents"
     __table_args__ = (
-        CheckConstraint("status IN ('available', 'offline')", name="status"),
+        CheckConstraint(status_in(AGENT_STATUSES), name="status"),
         CheckConstraint("capacity >= 0", name="capacity"),
     )
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
@@ -468,13 +472,18 @@ class RuleNotification(Base):
     delivered_at: Mapped[datetime | None] = _ts()
 
 
+# A rule run's status: the CHECK constraint, the rules engine and the API's response type.
+RuleRunStatus = Literal["running", "done", "failed"]
+RULE_RUN_STATUSES: tuple[RuleRunStatus, ...] = get_args(RuleRunStatus)
+
+
 class RuleRun(Base):
     """One execution of a rule, keyed by its Celery task id (beat: entry + due time): a slot
     that already finished is refused, one killed mid-run is resumed by its redelivery."""
 
     __tablename__ = "rule_runs"
     __table_args__ = (
-        CheckConstraint("status IN ('running', 'done', 'failed')", name="status"),
+        CheckConstraint(status_in(RULE_RUN_STATUSES), name="status"),
         Index("ix_rule_runs_rule_started", "rule", "started_at"),
     )
     task_id: Mapped[str] = mapped_column(Text, primary_key=True)

@@ -6,11 +6,17 @@ import re
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import text
+from sqlalchemy import CheckConstraint, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from celery_stack_core.migrate import current_revision, head_revision, main, upgrade
-from celery_stack_core.models import JOB_STATUSES, SCAN_STATUSES, Base
+from celery_stack_core.models import (
+    AGENT_STATUSES,
+    JOB_STATUSES,
+    RULE_RUN_STATUSES,
+    SCAN_STATUSES,
+    Base,
+)
 
 
 async def test_schema_at_head_matches_models(settings):
@@ -63,23 +69,48 @@ async def test_counted_tables_leave_room_for_hot_updates(engine):
     assert len(options) == 4 and all(v == ["fillfactor=80"] for v in options.values())
 
 
-@pytest.mark.parametrize(
-    ("table", "statuses"), [("scans", SCAN_STATUSES), ("maintenance_jobs", JOB_STATUSES)]
+def _words(sql: str) -> list[str]:
+    """A CHECK's quoted values, column names and numbers: what the model and PostgreSQL's
+    rewrite of it (`status = ANY (ARRAY['a'::text, ...])`) have in common."""
+    sql = re.sub(
+        r"::\w+|\bANY\b|\bARRAY\b|\bIN\b|\bCHECK\b|\bNOT\b|\bNULL\b|\bIS\b|\bOR\b", "", sql
+    )
+    return sorted(re.findall(r"'\w+'|\w+", sql))
+
+
+MODEL_CHECKS = sorted(  # constraints are a set: sorted, so every xdist worker collects alike
+    (table.name, c.name, str(c.sqltext))
+    for table in Base.metadata.sorted_tables
+    for c in table.constraints
+    if isinstance(c, CheckConstraint)
 )
-async def test_the_migrated_status_check_lists_the_models_statuses(engine, table, statuses):
-    # The models' status tuple is the one source (route Literal, queries, CHECK): the schema the
-    # migrations made must allow exactly those, or a status added to the tuple fails in SQL.
+
+
+@pytest.mark.parametrize(
+    ("table", "name", "model"), MODEL_CHECKS, ids=[n for _, n, _ in MODEL_CHECKS]
+)
+async def test_every_migrated_check_is_the_models(engine, table, name, model):
+    # The models' status tuples are the one source (route Literals, queries, CHECKs): the schema
+    # the migrations made must allow exactly those, or a status added to a tuple fails in SQL.
     async with engine.connect() as conn:
-        check = await conn.scalar(
+        rows = await conn.execute(
             text(
-                # migration 0002 named it ck_scans_ck_scans_status (the convention applied twice)
+                # migration 0002 named the scans one ck_scans_ck_scans_status (the convention
+                # applied twice)
                 "SELECT pg_get_constraintdef(oid) FROM pg_constraint"
                 " WHERE conrelid = CAST(:t AS regclass) AND contype = 'c' AND conname LIKE :n"
             ),
-            {"t": table, "n": "%status"},
+            {"t": table, "n": f"%{name}"},
         )
-    assert check is not None, f"{table} has no status CHECK"
-    assert sorted(re.findall(r"'(\w+)'", check)) == sorted(statuses)
+        found = [r[0] for r in rows]
+    assert len(found) == 1, f"{table} has {len(found)} CHECKs named like {name}"
+    assert _words(found[0]) == _words(model), (found[0], model)
+
+
+def test_every_status_tuple_has_a_check():
+    checked = {tuple(sorted(re.findall(r"'(\w+)'", m))) for _, _, m in MODEL_CHECKS}
+    for statuses in (SCAN_STATUSES, JOB_STATUSES, RULE_RUN_STATUSES, AGENT_STATUSES):
+        assert tuple(sorted(statuses)) in checked
 
 
 async def test_waiting_for_the_database_says_so_and_gives_up_at_the_deadline(caplog):

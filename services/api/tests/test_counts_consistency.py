@@ -4,7 +4,10 @@ ingest (issue 13): real app in-process, real Redis, real PostgreSQL, the real fl
 from __future__ import annotations
 
 import asyncio
+import io
 import random
+
+import pytest
 
 from celery_stack_api import counting
 from celery_stack_core import buffer, metrics
@@ -96,14 +99,21 @@ async def test_readers_never_see_a_count_go_down_or_above_what_was_sent(
         readers = [asyncio.create_task(reader(pid)) for pid in posts]
         # Until every reader has read many times across many flushes: a count of work, not a
         # duration (a busy machine made a fixed 4 s too short for 10 reads).
-        for _ in range(600):
-            if (min(reads.values()) >= 50 and len(applied) >= 20) or problems:
+        deadline = asyncio.get_running_loop().time() + 90
+        stuck = ""
+        while not ((min(reads.values()) >= 50 and len(applied) >= 20) or problems):
+            if asyncio.get_running_loop().time() > deadline:
+                stuck = task_stacks()
                 break
             await asyncio.sleep(0.1)
         done.set()
-        await asyncio.gather(*tasks, *readers)
+        try:
+            async with asyncio.timeout(60):
+                await asyncio.gather(*tasks, *readers)
+        except TimeoutError:
+            pytest.fail(f"a task did not end 60 s after done:\n{task_stacks()}")
     assert not problems, problems[:10]
-    assert min(reads.values()) >= 50 and len(applied) >= 20, (reads, len(applied))
+    assert min(reads.values()) >= 50 and len(applied) >= 20, (reads, len(applied), stuck)
     assert len(unavailable) < sum(reads.values()) / 10, len(unavailable)
     await flush_all(redis, engine, shards=settings.counters.shards, owner="t", lease_ttl=5)
     for pid in posts:
@@ -187,3 +197,11 @@ def test_view_batch_targets_are_the_viewed_ones():
     annotated = get_type_hints(ViewBatchItem, include_extras=True)["target"]
     literal = get_args(annotated)[0]
     assert set(get_args(literal)) == {t for t, f in BUFFERED if f == "views"}
+
+
+def task_stacks() -> str:
+    """Where every task of this loop waits (a hang's evidence; pytest-timeout shows threads)."""
+    out = io.StringIO()
+    for task in asyncio.all_tasks():
+        task.print_stack(file=out)
+    return out.getvalue()

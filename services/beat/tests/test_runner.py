@@ -124,6 +124,8 @@ async def test_heartbeat_is_proof_of_ticking_not_of_renewing(redis, settings, tm
     ticker.leadership.renewed_at = clock.now()  # renewals still succeed
     assert ticker.replica.progress_age() > 0.6
     task.cancel()
+    hang.set()  # the shielded send ends too: no task of this test outlives it
+    await asyncio.gather(task, *ticker.inflight, return_exceptions=True)
 
 
 async def test_heartbeat_is_not_touched_when_ticks_fail(redis, settings, tmp_path):

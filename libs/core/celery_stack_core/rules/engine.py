@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from celery_stack_core import metrics, outbox
 from celery_stack_core.hooks import HOOKS
-from celery_stack_core.models import RuleRun
+from celery_stack_core.models import RULE_RUN_STATUSES, RuleRun
 from celery_stack_core.retry import with_retry
 from celery_stack_core.rules import statements
 from celery_stack_core.rules.bind import Bound
@@ -32,6 +32,7 @@ from celery_stack_core.rules.spec import Rule, Transition
 
 log = logging.getLogger(__name__)
 RUNS: Table = RuleRun.__table__
+RUNNING, DONE, FAILED = RULE_RUN_STATUSES
 
 BatchFn = Callable[[AsyncConnection, Bound, datetime, Any], Awaitable[statements.Batch]]
 KINDS: dict[str, BatchFn] = {
@@ -120,8 +121,8 @@ async def claim_run(engine: AsyncEngine, rule: str, task_id: str) -> bool:
     new = insert(RUNS).values(task_id=task_id, rule=rule)
     stmt = new.on_conflict_do_update(
         index_elements=[RUNS.c.task_id],
-        set_={"attempts": RUNS.c.attempts + 1, "status": "running", "started_at": func.now()},
-        where=RUNS.c.status != "done",
+        set_={"attempts": RUNS.c.attempts + 1, "status": RUNNING, "started_at": func.now()},
+        where=RUNS.c.status != DONE,
     ).returning(RUNS.c.task_id)
     async with engine.begin() as conn:
         return (await conn.execute(stmt)).first() is not None
@@ -135,7 +136,7 @@ async def finish_run(
             update(RUNS)
             .where(RUNS.c.task_id == task_id)
             .values(
-                status="failed" if error else "done",
+                status=FAILED if error else DONE,
                 rows=RUNS.c.rows + result.rows,
                 batches=RUNS.c.batches + result.batches,
                 error=error,

@@ -21,7 +21,7 @@ import enum
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Query, status
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -126,7 +126,7 @@ class MarketplaceTaskIn(_Expiring):
 class AgentIn(_In):
     name: Text500
     capacity: JsonInt = Field(default=3, ge=0, le=1000)
-    status: Literal["available", "offline"] = "available"
+    status: models.AgentStatus = "available"
 
 
 class ChatIn(_In):

@@ -10,6 +10,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel
 
 from celery_stack_api.deps import AdminDep, StateDep
+from celery_stack_core.models import RuleRunStatus
 from celery_stack_core.rules import load_rules
 from celery_stack_core.rules.engine import last_runs, task_name
 from celery_stack_core.rules.schedule import next_due
@@ -19,7 +20,7 @@ router = APIRouter(prefix="/api/v1/maintenance", tags=["maintenance"])
 
 class LastRun(BaseModel):
     task_id: str
-    status: str
+    status: RuleRunStatus
     attempts: int
     rows_changed: int
     batches: int
