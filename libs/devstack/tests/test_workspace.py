@@ -54,3 +54,29 @@ def test_a_member_declares_every_sibling_it_imports(member):
     if member.startswith("services/"):
         services = {packages[p] for p in _imported(member, own)} - {"celery-stack-core"}
         assert not services, f"{member} imports another service: {sorted(services)}"
+
+
+def _product_files() -> list[Path]:
+    out = []
+    for member in MEMBERS:
+        own = _project(member)["tool"]["hatch"]["build"]["targets"]["wheel"]["packages"][0]
+        out += sorted((ROOT / member / own).rglob("*.py"))
+    return out
+
+
+def test_no_attribute_is_looked_up_by_a_built_name():
+    """Issue 8: settings such as COUNTERS_PREFETCH were reached only through
+    getattr(settings, f"{queue.upper()}_..."), which grep never finds. A name built at run time
+    (an f-string, a concatenation, a .format) as getattr's name is refused in product code."""
+    built = (ast.JoinedStr, ast.BinOp, ast.Call)
+    found = [
+        f"{path.relative_to(ROOT)}:{node.lineno}"
+        for path in _product_files()
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id in {"getattr", "setattr", "hasattr"}
+        and len(node.args) >= 2
+        and isinstance(node.args[1], built)
+    ]
+    assert not found, found
