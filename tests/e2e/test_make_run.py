@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -42,6 +43,14 @@ def free_port_run(n: int) -> int:
             for s in socks:
                 s.close()
     raise RuntimeError("no free port range")
+
+
+IDLE_SECONDS = 40
+IDLE_MAX_LINES = 20  # a summary line a minute per periodic task, and slack
+
+
+def lines(run_dir: Path) -> list[str]:
+    return (run_dir / "stack.log").read_text(errors="replace").splitlines()
 
 
 def test_local_stack_starts_and_stops_cleanly():
@@ -139,6 +148,13 @@ def test_local_stack_starts_and_stops_cleanly():
         assert at(warning["created_at"]) < at(warning["deadline"]) <= at(ended["ended_at"])
         assert warning["delivered_at"] is not None  # through the outbox
         assert (run_dir / "postgres" / "PG_VERSION").exists() and (run_dir / "redis").exists()
+        # Idle, nothing asked for 40 s: the periodic no-ops (flush, drain, relay, rules) log
+        # at DEBUG with one summary line a minute each (issue 14: ~190-240 lines a minute).
+        before = len(lines(run_dir))
+        time.sleep(IDLE_SECONDS)
+        idle = lines(run_dir)[before:]
+        print(f"idle: {len(idle)} log lines in {IDLE_SECONDS} s")
+        assert len(idle) <= IDLE_MAX_LINES, "\n".join(idle[:40])
     finally:
         proc.send_signal(signal.SIGINT)
         code = proc.wait(90)
