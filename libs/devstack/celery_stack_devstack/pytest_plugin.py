@@ -9,6 +9,8 @@ Tests never touch data they did not create: the database is new, and Redis is ou
 from __future__ import annotations
 
 import asyncio
+import inspect
+import io
 import os
 import secrets
 import shutil
@@ -120,6 +122,42 @@ async def _redis_client(settings: Settings) -> AsyncIterator[aioredis.Redis]:
     client = make_async_redis(settings)
     yield client
     await client.aclose()
+
+
+def _timeout_of(request: pytest.FixtureRequest) -> float | None:
+    """The test's pytest-timeout budget: its marker, else --timeout, else the ini value."""
+    marker = request.node.get_closest_marker("timeout")
+    if marker is not None and marker.args:
+        return float(marker.args[0])
+    value = request.config.getoption("timeout", None) or request.config.getini("timeout")
+    return float(value) if value else None
+
+
+def task_stacks() -> str:
+    """Where every task of the running loop waits."""
+    out = io.StringIO()
+    for task in asyncio.all_tasks():
+        task.print_stack(file=out)
+    return out.getvalue()
+
+
+@pytest.fixture(autouse=True)
+async def _task_stacks_before_timeout(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    """pytest-timeout prints thread stacks only: an async test that hangs shows its event loop
+    idle in select and none of its tasks (CI hung once so, with nothing to go on). Just before
+    the timeout, print where every task of the loop waits (shown with the failure)."""
+    timeout = _timeout_of(request)
+    if not inspect.iscoroutinefunction(request.function) or not timeout:
+        yield
+        return
+
+    def dump() -> None:
+        print(f"--- {request.node.nodeid}: tasks at {timeout * 0.9:.0f} s ---", file=sys.stderr)
+        print(task_stacks(), file=sys.stderr)
+
+    handle = asyncio.get_running_loop().call_later(timeout * 0.9, dump)
+    yield
+    handle.cancel()
 
 
 @pytest.fixture(autouse=True)

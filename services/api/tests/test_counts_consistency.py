@@ -4,7 +4,6 @@ ingest (issue 13): real app in-process, real Redis, real PostgreSQL, the real fl
 from __future__ import annotations
 
 import asyncio
-import io
 import random
 
 import pytest
@@ -15,6 +14,7 @@ from celery_stack_core.hooks import HOOKS
 from celery_stack_core.targets import BUFFERED
 from celery_stack_counters.flush import flush_shard
 from celery_stack_counters.flush_all import flush_all
+from celery_stack_devstack.pytest_plugin import task_stacks
 
 
 async def test_flush_between_the_redis_and_sql_reads_is_not_counted_twice(
@@ -198,10 +198,3 @@ def test_view_batch_targets_are_the_viewed_ones():
     literal = get_args(annotated)[0]
     assert set(get_args(literal)) == {t for t, f in BUFFERED if f == "views"}
 
-
-def task_stacks() -> str:
-    """Where every task of this loop waits (a hang's evidence; pytest-timeout shows threads)."""
-    out = io.StringIO()
-    for task in asyncio.all_tasks():
-        task.print_stack(file=out)
-    return out.getvalue()
