@@ -107,11 +107,16 @@ async def test_readers_never_see_a_count_go_down_or_above_what_was_sent(
                 break
             await asyncio.sleep(0.1)
         done.set()
-        try:
-            async with asyncio.timeout(60):
-                await asyncio.gather(*tasks, *readers)
-        except TimeoutError:
-            pytest.fail(f"a task did not end 60 s after done:\n{task_stacks()}")
+        _, pending = await asyncio.wait([*tasks, *readers], timeout=60)
+        if pending:  # the stacks before anything is cancelled: where each one waits
+            stacks = task_stacks()
+            for task in pending:
+                task.cancel()
+            pytest.fail(
+                f"{len(pending)} task(s) did not end 60 s after done:\n{stacks}\n"
+                f"at the deadline ({reads}, {len(applied)} flushes):\n{stuck}"
+            )
+        await asyncio.gather(*tasks, *readers)  # raises what a task raised
     assert not problems, problems[:10]
     assert min(reads.values()) >= 50 and len(applied) >= 20, (reads, len(applied), stuck)
     assert len(unavailable) < sum(reads.values()) / 10, len(unavailable)
@@ -197,4 +202,3 @@ def test_view_batch_targets_are_the_viewed_ones():
     annotated = get_type_hints(ViewBatchItem, include_extras=True)["target"]
     literal = get_args(annotated)[0]
     assert set(get_args(literal)) == {t for t, f in BUFFERED if f == "views"}
-
