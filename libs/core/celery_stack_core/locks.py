@@ -49,6 +49,10 @@ class Lease:
     ttl: float
     record: str = ""
     lost: bool = False
+    # Set before the keeper is cancelled: it ends at its next turn even if a Redis call
+    # swallowed the cancellation (one turned into a connection error would be retried forever
+    # and the holder would wait on its keeper for good).
+    stopping: bool = False
     _keeper: asyncio.Task[None] | None = field(default=None, repr=False)
 
     @property
@@ -113,7 +117,7 @@ class Lease:
 
     async def _keep(self) -> None:
         # Renew at a third of the TTL: two renewals may fail before the lease can expire.
-        while True:
+        while not self.stopping:
             await asyncio.sleep(self.ttl / 3)
             try:
                 if not await self.renew():
@@ -142,9 +146,9 @@ async def hold(
     try:
         yield lease
     finally:
+        lease.stopping = True
         lease._keeper.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await lease._keeper
+        await asyncio.wait({lease._keeper})  # a cancel of the holder itself still propagates
         try:
             await lease.release()
         except REDIS_DOWN as exc:  # the TTL frees it; the janitor reports it if the owner is gone
@@ -169,9 +173,10 @@ async def hold_many(
     try:
         yield held
     finally:
+        for lease in held:
+            lease.stopping = True  # see Lease.stopping
         keeper.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await keeper
+        await asyncio.wait({keeper})  # a cancel of the holder itself still propagates
         try:
             await _pipelined(redis, [lease._release() for lease in held])
         except REDIS_DOWN as exc:  # the TTL frees them; the janitor reports them if owner is gone
@@ -193,7 +198,7 @@ async def _pipelined(
 async def _keep_all(redis: aioredis.Redis, leases: list[Lease]) -> None:
     """hold_many's keeper: renew every lease still held at a third of the TTL, in one round trip."""
     ttl = leases[0].ttl
-    while leases:
+    while leases and not leases[0].stopping:
         await asyncio.sleep(ttl / 3)
         try:
             renewed = await _pipelined(redis, [lease._renew() for lease in leases])

@@ -165,3 +165,41 @@ async def test_hold_many_release_failures_are_logged_or_raised_the_same_way(
     with pytest.raises(TypeError):
         async with locks.hold_many(redis, ["m3"], owner="a", ttl=5) as held:
             assert held
+
+
+async def _renewal_that_swallows_cancel() -> bool:
+    """A renewal in flight when the holder leaves, whose client turns the cancellation into a
+    connection error (redis-py can: celery_stack_counters.flush._stop says so)."""
+    try:
+        await asyncio.sleep(30)
+    except asyncio.CancelledError:
+        raise RedisConnectionError("connection closed while reading") from None
+    return True
+
+
+async def test_a_keeper_whose_renewal_swallows_the_cancel_still_ends(redis, monkeypatch):
+    # Without Lease.stopping the keeper took the error for a Redis hiccup and kept renewing:
+    # leaving the block waited on it forever (a flusher hung so, holding its shards' leases).
+    from celery_stack_core import locks
+
+    async def renew_then_swallow(self: Lease) -> bool:
+        return await _renewal_that_swallows_cancel()
+
+    monkeypatch.setattr(Lease, "renew", renew_then_swallow)
+    async with asyncio.timeout(10):
+        async with hold(redis, "one", owner="a", ttl=0.15) as lease:
+            assert lease is not None
+            await asyncio.sleep(0.2)  # the keeper is in its renewal now
+
+    real = locks._pipelined
+
+    async def pipelined(redis_, calls):
+        if calls and calls[0][0] == "lock_renew":
+            return [await _renewal_that_swallows_cancel()] * len(calls)
+        return await real(redis_, calls)
+
+    monkeypatch.setattr(locks, "_pipelined", pipelined)
+    async with asyncio.timeout(10):
+        async with locks.hold_many(redis, ["x", "y"], owner="a", ttl=0.15) as leases:
+            assert len(leases) == 2
+            await asyncio.sleep(0.2)
