@@ -87,6 +87,22 @@ def servers() -> Iterator[Servers]:
         shutil.rmtree(base, ignore_errors=True)
 
 
+# An operator rule valid as data but naming a column the live schema lacks: every process that
+# checks the rules at boot (API, maintenance worker) must refuse it with this message, exit 78.
+RULE_WITH_A_MISSING_COLUMN = {
+    "name": "expire-vouchers",
+    "kind": "transition",
+    "every": 60,
+    "table": "coupons",
+    "timestamp": "valid_until",
+    "from": ["active"],
+    "to": "expired",
+}
+MISSING_COLUMN_ERROR = (
+    "rule 'expire-vouchers': field 'timestamp': table 'coupons' has no column 'valid_until'"
+)
+
+
 def env_for(settings: Settings) -> dict[str, str]:
     """Environment that makes a child process use exactly these settings."""
     return settings.env()

@@ -144,28 +144,24 @@ def test_rules_naming_a_missing_column_stop_the_api_at_boot(settings, clean_db):
     import sys
     from pathlib import Path
 
-    from celery_stack_devstack.pytest_plugin import env_for
+    from celery_stack_devstack.pytest_plugin import (
+        MISSING_COLUMN_ERROR,
+        RULE_WITH_A_MISSING_COLUMN,
+        env_for,
+    )
 
-    rule = {
-        "name": "expire-vouchers",
-        "kind": "transition",
-        "every": 60,
-        "table": "coupons",
-        "timestamp": "valid_until",
-        "from": ["active"],
-        "to": "expired",
-    }
     proc = subprocess.run(
         [str(Path(sys.executable).parent / "celery-stack-api"), "serve", "--port", "1"],
-        env={**os.environ, **env_for(settings), "MAINTENANCE_RULES": json.dumps([rule])},
+        env={
+            **os.environ,
+            **env_for(settings),
+            "MAINTENANCE_RULES": json.dumps([RULE_WITH_A_MISSING_COLUMN]),
+        },
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
     assert proc.returncode == 78, proc.stderr
-    assert (
-        "rule 'expire-vouchers': field 'timestamp': table 'coupons' has no column 'valid_until'"
-        in proc.stderr
-    )
+    assert MISSING_COLUMN_ERROR in proc.stderr
     assert "Traceback" not in proc.stderr

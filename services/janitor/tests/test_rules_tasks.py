@@ -10,7 +10,11 @@ from sqlalchemy import text
 
 from celery_stack_core.celery_app import make_celery
 from celery_stack_core.rules import RuleConfigError
-from celery_stack_devstack.pytest_plugin import wait_until
+from celery_stack_devstack.pytest_plugin import (
+    MISSING_COLUMN_ERROR,
+    RULE_WITH_A_MISSING_COLUMN,
+    wait_until,
+)
 from celery_stack_janitor.rules_tasks import register
 
 FAST = {
@@ -109,27 +113,13 @@ async def test_beat_and_worker_run_the_rules(start_service, clean_db, redis, tmp
 def test_a_rule_naming_a_missing_column_stops_the_worker_at_boot(
     start_service, clean_db, redis, tmp_path
 ):
-    bad = [
-        {
-            "name": "expire-vouchers",
-            "kind": "transition",
-            "every": 60,
-            "table": "coupons",
-            "timestamp": "valid_until",
-            "from": ["active"],
-            "to": "expired",
-        }
-    ]
     worker = start_service(
         "worker-maintenance",
         ["celery-stack-worker-maintenance", "--concurrency", "1"],
-        MAINTENANCE_RULES=json.dumps(bad),
+        MAINTENANCE_RULES=json.dumps([RULE_WITH_A_MISSING_COLUMN]),
         WORKER_HEARTBEAT_FILE=str(tmp_path / "alive"),
         METRICS_PORT="0",
     )
     wait_until(lambda: worker.proc.poll() is not None, 90, what="the worker to refuse to boot")
     assert worker.proc.returncode == 78
-    assert (
-        "rule 'expire-vouchers': field 'timestamp': table 'coupons' has no column 'valid_until'"
-        in worker.output()
-    )
+    assert MISSING_COLUMN_ERROR in worker.output()
