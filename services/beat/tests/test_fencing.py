@@ -131,11 +131,19 @@ async def test_hold_gives_up_at_the_renew_deadline_when_redis_is_unreachable(red
     lease.redis = dead
     leadership = Leadership(epoch=1, renewed_at=election.clock.now(), deadline=T.deadline)
     assert leadership.may_send()
-    outcome = await election.hold(lease, leadership, T, asyncio.Event())
-    assert outcome is Outcome.DEADLINE
+    holding = asyncio.create_task(election.hold(lease, leadership, T, asyncio.Event()))
+    # No overlap with a successor: the leader never may send once its lease could have expired.
+    # Sampled in that order (TTL, then may_send), so a late sample on a loaded machine cannot
+    # pair a TTL read after the expiry with a may_send read before the deadline.
+    samples = []
+    while not holding.done() or len(samples) < 2:
+        ttl = await redis.pttl(keys.BEAT_LEASE)
+        samples.append((ttl, leadership.may_send()))
+        await asyncio.sleep(0.01)
+    assert await holding is Outcome.DEADLINE
     assert not leadership.may_send()
-    # The lease was still valid in Redis when the leader gave up: no overlap with a successor.
-    assert await redis.pttl(keys.BEAT_LEASE) > 0
+    assert not [s for s in samples if s[0] <= 0 and s[1]], samples
+    assert any(ttl > 0 and ok for ttl, ok in samples[:1]), samples  # it led at first
     await dead.aclose()
 
 
