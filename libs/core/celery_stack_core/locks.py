@@ -146,13 +146,13 @@ async def hold(
     try:
         yield lease
     finally:
-        lease.stopping = True
-        lease._keeper.cancel()
-        await asyncio.wait({lease._keeper})  # a cancel of the holder itself still propagates
         try:
-            await lease.release()
-        except REDIS_DOWN as exc:  # the TTL frees it; the janitor reports it if the owner is gone
-            log.warning("lease release failed", extra={"lease": name, "error": repr(exc)})
+            await _stop_keeper([lease], lease._keeper)
+        finally:
+            try:
+                await lease.release()
+            except REDIS_DOWN as exc:  # the TTL frees it; the janitor reports it if owner is gone
+                log.warning("lease release failed", extra={"lease": name, "error": repr(exc)})
 
 
 @contextlib.asynccontextmanager
@@ -173,14 +173,23 @@ async def hold_many(
     try:
         yield held
     finally:
-        for lease in held:
-            lease.stopping = True  # see Lease.stopping
-        keeper.cancel()
-        await asyncio.wait({keeper})  # a cancel of the holder itself still propagates
         try:
-            await _pipelined(redis, [lease._release() for lease in held])
-        except REDIS_DOWN as exc:  # the TTL frees them; the janitor reports them if owner is gone
-            log.warning("lease release failed", extra={"leases": len(held), "error": repr(exc)})
+            await _stop_keeper(held, keeper)
+        finally:
+            try:
+                await _pipelined(redis, [lease._release() for lease in held])
+            except REDIS_DOWN as exc:  # the TTL frees them; the janitor reports them if owner gone
+                log.warning("lease release failed", extra={"leases": len(held), "error": repr(exc)})
+
+
+async def _stop_keeper(leases: list[Lease], keeper: asyncio.Task[None]) -> None:
+    """Stop a keeper and wait for it. `stopping` ends it at its next turn even if the cancel is
+    lost in a Redis call; a cancel of the holder itself propagates (then the release, in the
+    caller's finally, still runs)."""
+    for lease in leases:
+        lease.stopping = True
+    keeper.cancel()
+    await asyncio.wait({keeper})
 
 
 async def _pipelined(

@@ -203,3 +203,32 @@ async def test_a_keeper_whose_renewal_swallows_the_cancel_still_ends(redis, monk
         async with locks.hold_many(redis, ["x", "y"], owner="a", ttl=0.15) as leases:
             assert len(leases) == 2
             await asyncio.sleep(0.2)
+
+
+async def test_a_holder_cancelled_while_its_keeper_stops_is_cancelled_and_releases(
+    redis, monkeypatch
+):
+    # The holder waited on its keeper under suppress(CancelledError): a cancel that arrived in
+    # that wait was swallowed and the holder went on as if never cancelled.
+    async def renew_slow_to_stop(self: Lease) -> bool:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            await asyncio.sleep(1)  # a disconnect that takes its time
+            raise RedisConnectionError("connection closed while reading") from None
+        return True
+
+    monkeypatch.setattr(Lease, "renew", renew_slow_to_stop)
+
+    async def holder() -> None:
+        async with hold(redis, "slow", owner="a", ttl=0.15) as lease:
+            assert lease is not None
+            await asyncio.sleep(0.2)  # the keeper is in its renewal when the block ends
+
+    task = asyncio.create_task(holder())
+    await asyncio.sleep(0.5)  # the block has ended; the holder waits for its keeper
+    assert not task.done()
+    task.cancel()
+    await asyncio.wait({task}, timeout=10)
+    assert task.cancelled()
+    assert await redis.get(keys.lock("slow")) is None  # released all the same
