@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from signal import SIGTERM
 
 import httpx
 import pytest
@@ -388,8 +389,10 @@ def stop_counters_and_watch_alerts(
     wait_until(stop_consuming, 60, interval=1, what="the preStop script reaches the scans worker")
     # then the counters worker: the watch below starts at once, before any of the three alerts
     # can have left `pending` (the scans worker's readiness file goes stale only after 15 s)
+    # (SIGTERM only: its warm shutdown may take seconds on a loaded machine, and a watch that
+    # began after it missed the scans alert's `pending`; waited for after the watch)
     worker, _ = stack["workers"]["counters"]
-    worker.stop()
+    worker.signal(SIGTERM)
     watched = {
         ("CeleryStackWorkersDown", "counters"),
         ("CeleryStackCounterFlushLag", "post:views"),
@@ -408,6 +411,7 @@ def stop_counters_and_watch_alerts(
             if all(s and s[-1] == "firing" for s in seen.values()):
                 break
             time.sleep(0.5)
+    worker.stop()
     for key, states in seen.items():
         assert states[:1] == ["pending"] and states[-1] == "firing", (key, states)
     _, scans_addr = stack["workers"]["scans"]
